@@ -1,0 +1,224 @@
+"""`consult`: the command line for operations staff.
+
+Every failure prints one line naming the file, row or value and exits non-zero; a traceback only with
+CONSULT_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from consult.errors import ConsultError
+from consult.settings import EXAMPLES_DIR, get_settings
+
+app = typer.Typer(
+    help="Run yearly consultations of a panel of partnerships: invite, remind, ingest, validate, publish.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+panel_app = typer.Typer(help="The panel of partnerships and contacts.", no_args_is_help=True)
+round_app = typer.Typer(help="Yearly rounds: open, participants, close.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(panel_app, name="panel")
+app.add_typer(round_app, name="round")
+
+YearArg = Annotated[int, typer.Argument(help="The round's year, e.g. 2019.", min=1900, max=2999)]
+
+
+def _engine():  # type: ignore[no-untyped-def]
+    from db.engine import get_engine, require_schema
+
+    engine = get_engine(get_settings().resolved_database_url)
+    require_schema(engine)
+    return engine
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the schema to the latest version (safe to repeat)."""
+    from db.engine import upgrade
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    typer.echo("database schema is up to date")
+
+
+@panel_app.command("import")
+def panel_import(file: Annotated[Path, typer.Argument(help="CSV, one row per contact.")]) -> None:
+    """Import or update partnerships and contacts from a CSV file. Invalid rows stop the import unchanged."""
+    from consult.panel import import_panel
+    from db.engine import session_scope
+
+    with session_scope(_engine()) as session:
+        report = import_panel(session, file)
+    typer.echo(
+        f"{file}: {report.partnerships_added} partnerships added, {report.partnerships_updated} updated, "
+        f"{report.contacts_added} contacts added; panel has {report.partnerships_total} partnerships"
+    )
+
+
+@round_app.command("open")
+def round_open(
+    year: YearArg,
+    questionnaire: Annotated[Path, typer.Option(help="Questionnaire YAML for this round.")],
+    closes_on: Annotated[str | None, typer.Option(help="Closing date, YYYY-MM-DD.")] = None,
+) -> None:
+    """Open a round: store its questionnaire and give every partnership a response token."""
+    from consult.rounds import open_round
+    from db.engine import session_scope
+
+    settings = get_settings()
+    with session_scope(_engine()) as session:
+        info = open_round(
+            session,
+            year=year,
+            questionnaire_path=questionnaire,
+            token_secret=settings.resolved_token_secret(),
+            closes_on=_parse_date(closes_on, "--closes-on") if closes_on else None,
+            reminder_days=settings.reminder_days_before_close,
+            duration_days=settings.round_duration_days,
+        )
+    verb = "opened" if info.created else "already open"
+    typer.echo(f"round {year} {verb}: {info.consulted} partnerships, closes on {info.closes_on.isoformat()}")
+
+
+@round_app.command("participants")
+def round_participants(
+    year: YearArg,
+    export_format: Annotated[Literal["limesurvey", "csv"], typer.Option("--format", help="Survey tool layout.")] = "csv",
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of standard output.")] = None,
+) -> None:
+    """Export the participant list with response tokens for the survey tool."""
+    from consult.rounds import participants_table
+    from db.engine import session_scope
+
+    settings = get_settings()
+    with session_scope(_engine()) as session:
+        table = participants_table(
+            session,
+            year=year,
+            token_secret=settings.resolved_token_secret(),
+            url_template=settings.response_url_template,
+            export_format=export_format,
+        )
+    if out is None:
+        typer.echo(table, nl=False)
+    else:
+        out.write_text(table, encoding="utf-8")
+        typer.echo(f"wrote {table.count(chr(10)) - 1} participants to {out}")
+
+
+@round_app.command("close")
+def round_close(year: YearArg) -> None:
+    """Close a round: no more reminders; responses still arriving are kept but flagged as late."""
+    from consult.rounds import close_round
+    from db.engine import session_scope
+
+    with session_scope(_engine()) as session:
+        round_ = close_round(session, year)
+        status = round_.status
+    typer.echo(f"round {year} is {status}")
+
+
+@app.command("invite")
+def invite(year: YearArg) -> None:
+    """Send the round's invitations (each partnership's contacts get exactly one)."""
+    from flows.mailing import send_invitations
+
+    _engine()
+    report = send_invitations(year)
+    typer.echo(f"invitations for {year}: {report}")
+
+
+@app.command("demo")
+def demo(
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: CONSULT_OUTPUT_DIR).")] = None,
+) -> None:
+    """Run the 2019 and 2020 reference ESCP-4i rounds end to end on the embedded defaults."""
+    from flows.demo import run_demo
+
+    results = run_demo(EXAMPLES_DIR / "escp4i", out)
+    settings = get_settings()
+    typer.echo("")
+    typer.echo(f"database:  {settings.resolved_database_url}")
+    typer.echo(f"mailbox:   {settings.resolved_mailbox_dir.resolve()}  (Maildir: open with `mutt -f` or any mail client)")
+    for year, paths in results.items():
+        for label, path in paths.items():
+            typer.echo(f"{year} {label + ':':<22} {path}")
+
+
+def _parse_date(value: str, option: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise ConsultError(f"{option}: {value!r} is not a date in the form YYYY-MM-DD") from None
+
+
+def _register_stage_commands() -> None:
+    """Commands owned by each stage's module, merged into the top level."""
+    from consult import cli_ingest, cli_mail, cli_publish, cli_serve
+
+    app.add_typer(cli_mail.app)
+    app.add_typer(cli_ingest.app)
+    app.add_typer(cli_ingest.quarantine_app, name="quarantine", help="Review quarantined rows.")
+    app.add_typer(cli_publish.app)
+    app.add_typer(cli_serve.app)
+
+
+_register_stage_commands()
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except ConsultError as error:
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    except (typer.Exit, SystemExit) as stop:
+        code = stop.exit_code if isinstance(stop, typer.Exit) else stop.code
+        sys.exit(code or 0)
+    except Exception as error:
+        if not _is_usage_error(error):
+            _report_unexpected(error)
+        error.show()  # type: ignore[attr-defined]  # click's own one-line usage message
+        sys.exit(getattr(error, "exit_code", 2))
+
+
+def _is_usage_error(error: BaseException) -> bool:
+    # Click's exceptions (vendored by typer) know how to print themselves as a short usage message.
+    return type(error).__module__.endswith("click.exceptions") and hasattr(error, "show")
+
+
+def _report_unexpected(error: BaseException) -> None:
+    if isinstance(error, typer.Abort):
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    if os.environ.get("CONSULT_DEBUG"):
+        raise error
+    cause = _root_consult_error(error)
+    if cause is not None:
+        typer.echo(f"error: {cause}", err=True)
+    else:
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        typer.echo(f"error: {type(error).__name__}: {first_line} (set CONSULT_DEBUG=1 for details)", err=True)
+    sys.exit(1)
+
+
+
+def _root_consult_error(error: BaseException) -> ConsultError | None:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ConsultError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -1,0 +1,184 @@
+"""Rounds: open (with one token per partnership), look up, close, and export the participant list."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from consult.errors import ConsultError
+from consult.questionnaire import Questionnaire, load_questionnaire, parse_questionnaire
+from consult.tokens import derive_token, hash_token, response_link
+from db.models import Contact, Partnership, QuestionnaireVersion, Round, RoundParticipant, utcnow
+
+
+@dataclass(frozen=True)
+class RoundInfo:
+    year: int
+    status: str
+    closes_on: dt.date
+    consulted: int
+    questionnaire_version: int
+    created: bool
+
+
+def get_round(session: Session, year: int) -> Round:
+    found = session.scalar(select(Round).where(Round.year == year))
+    if found is None:
+        raise ConsultError(f"round {year} does not exist: open it with `consult round open {year} --questionnaire FILE`")
+    return found
+
+
+def previous_round(session: Session, year: int) -> Round | None:
+    """The latest round before ``year`` (rounds need not be consecutive years)."""
+    return session.scalar(select(Round).where(Round.year < year).order_by(Round.year.desc()).limit(1))
+
+
+def round_questionnaire(round_: Round) -> Questionnaire:
+    version = round_.questionnaire_version
+    return parse_questionnaire(version.definition, source=f"questionnaire {version.code} v{version.version}")
+
+
+def store_questionnaire(session: Session, questionnaire: Questionnaire) -> QuestionnaireVersion:
+    """Store a questionnaire version once; the same code and version with other content is refused."""
+    existing = session.scalar(
+        select(QuestionnaireVersion).where(
+            QuestionnaireVersion.code == questionnaire.code, QuestionnaireVersion.version == questionnaire.version
+        )
+    )
+    if existing is not None:
+        if existing.sha256 != questionnaire.sha256:
+            raise ConsultError(
+                f"questionnaire {questionnaire.code} version {questionnaire.version} is already stored with other "
+                "content: give the changed questionnaire a new version number"
+            )
+        return existing
+    version = QuestionnaireVersion(
+        code=questionnaire.code,
+        version=questionnaire.version,
+        title=questionnaire.title,
+        sha256=questionnaire.sha256,
+        definition=questionnaire.model_dump(mode="json", exclude_none=True),
+    )
+    session.add(version)
+    session.flush()
+    return version
+
+
+def open_round(
+    session: Session,
+    *,
+    year: int,
+    questionnaire_path: Path,
+    token_secret: bytes,
+    closes_on: dt.date | None = None,
+    reminder_days: list[int] | None = None,
+    duration_days: int = 42,
+    today: dt.date | None = None,
+) -> RoundInfo:
+    """Open the round for ``year`` and enrol every active partnership. Opening it again changes nothing,
+    except that partnerships added to the panel since are enrolled too."""
+    questionnaire = load_questionnaire(questionnaire_path)
+    partnerships = session.scalars(select(Partnership).where(Partnership.active.is_(True))).all()
+    if not partnerships:
+        raise ConsultError("the panel is empty: import it first with `consult panel import FILE`")
+    version = store_questionnaire(session, questionnaire)
+    round_ = session.scalar(select(Round).where(Round.year == year))
+    created = round_ is None
+    if round_ is None:
+        start = today or dt.date.today()
+        round_ = Round(
+            year=year,
+            questionnaire_version_id=version.id,
+            closes_on=closes_on or start + dt.timedelta(days=duration_days),
+            reminder_days=sorted(reminder_days or [14, 3], reverse=True),
+            status="open",
+        )
+        session.add(round_)
+        session.flush()
+    elif round_.questionnaire_version_id != version.id:
+        raise ConsultError(
+            f"round {year} is already open with questionnaire {round_.questionnaire_version.code} "
+            f"v{round_.questionnaire_version.version}, not {questionnaire.code} v{questionnaire.version}"
+        )
+    enrolled = set(session.scalars(select(RoundParticipant.partnership_id).where(RoundParticipant.round_id == round_.id)))
+    session.add_all(
+        RoundParticipant(
+            round_id=round_.id,
+            partnership_id=partnership.id,
+            strand=partnership.strand,
+            token_hash=hash_token(derive_token(token_secret, year, partnership.code)),
+        )
+        for partnership in partnerships
+        if partnership.id not in enrolled
+    )
+    session.flush()
+    return RoundInfo(
+        year=year,
+        status=round_.status,
+        closes_on=round_.closes_on,
+        consulted=len(enrolled | {p.id for p in partnerships}),
+        questionnaire_version=questionnaire.version,
+        created=created,
+    )
+
+
+def close_round(session: Session, year: int) -> Round:
+    round_ = get_round(session, year)
+    if round_.status == "open":
+        round_.status = "closed"
+        round_.closed_at = utcnow()
+    return round_
+
+
+ParticipantFormat = Literal["limesurvey", "csv"]
+
+
+def participants_table(
+    session: Session, *, year: int, token_secret: bytes, url_template: str, export_format: ParticipantFormat
+) -> str:
+    """The participant list with tokens, in LimeSurvey's participant import layout or as plain CSV.
+
+    Tokens are re-derived from the secret: the database never held them.
+    """
+    round_ = get_round(session, year)
+    rows = session.execute(
+        select(Partnership, Contact)
+        .join(RoundParticipant, RoundParticipant.partnership_id == Partnership.id)
+        .join(Contact, Contact.partnership_id == Partnership.id)
+        .where(RoundParticipant.round_id == round_.id, Contact.status == "active")
+        .order_by(Partnership.code, Contact.id)
+    ).all()
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if export_format == "limesurvey":
+        # LimeSurvey's "Import participants from CSV": these header names, extra columns as attribute_N.
+        writer.writerow(["firstname", "lastname", "email", "token", "language", "attribute_1", "attribute_2", "attribute_3"])
+    else:
+        writer.writerow(["partnership_id", "partnership", "strand", "first_name", "last_name", "email", "token", "link"])
+    for partnership, contact in rows:
+        token = derive_token(token_secret, year, partnership.code)
+        if export_format == "limesurvey":
+            cells = [contact.first_name, contact.last_name, contact.email, token, partnership.language,
+                     partnership.code, partnership.name, str(partnership.strand)]
+        else:
+            cells = [partnership.code, partnership.name, str(partnership.strand), contact.first_name,
+                     contact.last_name, contact.email, token, response_link(url_template, token)]
+        writer.writerow([neutralise_cell(cell) for cell in cells])
+    return buffer.getvalue()
+
+
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_cell(value: str) -> str:
+    """Prefix a cell that a spreadsheet would run as a formula with an apostrophe (OWASP CSV injection)."""
+    if value and value.startswith(_FORMULA_PREFIXES):
+        return "'" + value
+    return value

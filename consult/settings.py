@@ -1,0 +1,84 @@
+"""One typed settings object, read once from the environment (prefix ``CONSULT_``) and passed down.
+
+Secrets are ``SecretStr`` so they never show up in a repr, a log line or a Prefect task parameter.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES_DIR = REPO_ROOT / "templates"
+EXPECTATIONS_DIR = REPO_ROOT / "expectations"
+EXAMPLES_DIR = REPO_ROOT / "examples"
+
+MailBackend = Literal["mailbox", "smtp", "sendgrid"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CONSULT_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(default=Path("data"), description="Local folder for the SQLite database and the mailbox.")
+    database_url: str = Field(default="", description="SQLAlchemy URL; default: a SQLite file in data_dir.")
+    output_dir: Path = Field(default=Path("output"), description="Where summaries and reports are published.")
+
+    mail_backend: MailBackend = "mailbox"
+    mail_from: str = "ECCP Consultation <consultation@eccp.example>"
+    mailbox_dir: Path | None = Field(default=None, description="Maildir for the mailbox backend; default data_dir/mailbox.")
+    sendgrid_api_key: SecretStr | None = None
+    sendgrid_host: str = Field(default="https://api.sendgrid.com", description="https://api.eu.sendgrid.com for EU data residency.")
+    sendgrid_webhook_public_key: str | None = None
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+
+    # Tokens are derived as HMAC(token_secret, round, partnership) so that reminders can carry the same link
+    # while the database stores only their hash. Generated once into data_dir when not given.
+    token_secret: SecretStr | None = None
+    response_url_template: str = "https://survey.example/{token}"
+
+    timezone: str = "Europe/Brussels"
+    reminder_days_before_close: list[int] = Field(default_factory=lambda: [14, 3])
+    round_duration_days: int = 42
+    mail_batch_size: int = Field(default=1000, ge=1, le=1000)
+
+    @field_validator("database_url")
+    @classmethod
+    def _no_placeholder(cls, value: str) -> str:
+        if "changeme" in value.lower():
+            raise ValueError("CONSULT_DATABASE_URL still holds a placeholder ('changeme')")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'consult.db').resolve()}"
+
+    @property
+    def resolved_mailbox_dir(self) -> Path:
+        return self.mailbox_dir or self.data_dir / "mailbox"
+
+    def resolved_token_secret(self) -> bytes:
+        """The secret tokens are derived from: from the environment, else a file created once in data_dir."""
+        if self.token_secret is not None:
+            return self.token_secret.get_secret_value().encode()
+        path = self.data_dir / "token-secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path.read_text().strip().encode()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
