@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     round_duration_days: int = 42
     mail_batch_size: int = Field(default=1000, ge=1, le=1000)
 
+    # Scheduled deployments (deployments/prefect.yaml) and how heavy stages run.
+    drop_dir: Path | None = Field(default=None, description="Folder the hourly ingest reads; default data_dir/drop.")
+    task_runner: Literal["threads", "dask"] = Field(default="threads", description="dask: run tasks on Dask.")
+    dask_address: str | None = Field(default=None, description="Scheduler of an existing Dask cluster (tcp://...).")
+
     @field_validator("database_url")
     @classmethod
     def _no_placeholder(cls, value: str) -> str:
@@ -62,6 +67,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'consult.db').resolve()}"
+
+    @property
+    def resolved_drop_dir(self) -> Path:
+        return self.drop_dir or self.data_dir / "drop"
 
     @property
     def resolved_mailbox_dir(self) -> Path:
