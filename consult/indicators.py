@@ -60,6 +60,8 @@ class RoundData:
     questionnaire: Questionnaire
     participants: pd.DataFrame
     answers: pd.DataFrame
+    # Intermediate frames shared by several indicators of one question (e.g. the exploded markets).
+    cache: dict[tuple[object, ...], pd.DataFrame] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -105,9 +107,20 @@ def build_round_data(
     partnership_ids: list[int],
     answers: list[dict[str, object]],
 ) -> RoundData:
-    """Assemble a RoundData from plain records (also used by the benchmark)."""
+    """Assemble a RoundData from the stored records: one ``answers`` dict per accepted response."""
     frame = pd.DataFrame.from_records(answers) if answers else pd.DataFrame(index=range(0))
-    frame = frame.reindex(columns=[c for c in questionnaire.codes])
+    return round_data_from_frame(year, questionnaire, participants, partnership_ids, frame)
+
+
+def round_data_from_frame(
+    year: int,
+    questionnaire: Questionnaire,
+    participants: pd.DataFrame,
+    partnership_ids: list[int] | np.ndarray,
+    frame: pd.DataFrame,
+) -> RoundData:
+    """Assemble a RoundData from a frame with one column per question code (missing questions become empty)."""
+    frame = frame.reindex(columns=list(questionnaire.codes)).reset_index(drop=True)
     frame.insert(0, "partnership_id", np.asarray(partnership_ids, dtype="int64"))
     duplicated = frame["partnership_id"].duplicated()
     if duplicated.any():
@@ -161,34 +174,46 @@ def _percent(part: float, whole: float | None) -> float | None:
 
 
 def _exploded(data: RoundData, column: Column) -> pd.DataFrame:
-    """One row per (response, selected option) in current codes, each option counted once per response."""
-    answers = data.answers[["strand", column.name]]
-    answered = answers[column.name].notna()
-    exploded = answers.loc[answered].explode(column.name).dropna(subset=[column.name])
-    exploded = exploded.rename(columns={column.name: "option"})
-    exploded["option"] = exploded["option"].astype(str)
-    if column.option_map:
-        exploded["option"] = exploded["option"].replace(dict(column.option_map))
-    # An option listed twice in one answer still counts once for that partnership.
-    return exploded.reset_index(names="response").drop_duplicates(subset=["response", "option"])
+    """One row per (response, selected option) in current codes, each option counted once per response.
+
+    Options are factorised to integer codes so that de-duplication and grouping never hash strings row by row."""
+    key = ("exploded", column.name, tuple(sorted(column.option_map.items())))
+    if key in data.cache:
+        return data.cache[key]
+    values = data.answers[column.name]
+    exploded = values[values.notna()].explode().dropna()
+    positions = exploded.index.to_numpy(dtype="int64")
+    codes, uniques = pd.factorize(exploded.to_numpy(dtype=object))
+    labels = np.array([column.option_map.get(str(u), str(u)) for u in uniques], dtype=object)
+    categories, inverse = np.unique(labels, return_inverse=True) if len(labels) else (labels, codes[:0])
+    codes = inverse[codes] if len(codes) else codes
+    # An option listed twice in one answer (or two old codes merged into one) counts once for that partnership.
+    keep = ~pd.Index(positions * max(len(categories), 1) + codes).duplicated()
+    frame = pd.DataFrame({
+        "response": positions[keep],
+        "strand": data.answers["strand"].array.take(positions[keep]),
+        "option": pd.Categorical.from_codes(codes[keep], categories=[str(c) for c in categories]),
+    })
+    data.cache[key] = frame
+    return frame
 
 
 def _answered(data: RoundData, column: Column) -> pd.Series:
-    """Number of responses that answered the question, overall (key None) and by strand."""
+    """Number of responses that answered the question, by strand."""
     mask = data.answers[column.name].notna()
     return mask.groupby(data.answers["strand"]).sum()
 
 
 def _option_counts(data: RoundData, column: Column) -> Rows:
     exploded = _exploded(data, column)
-    counts = exploded.groupby("option").size()
+    counts = exploded.groupby("option", observed=True).size()
     denominator = float(data.answers[column.name].notna().sum())
     return [_row(str(option), None, float(count), denominator) for option, count in counts.items()]
 
 
 def _option_counts_by_strand(data: RoundData, column: Column) -> Rows:
     exploded = _exploded(data, column)
-    counts = exploded.groupby(["option", "strand"]).size()
+    counts = exploded.groupby(["option", "strand"], observed=True).size()
     answered = _answered(data, column)
     offered = _offered(column, exploded)
     rows = _option_counts(data, column)
@@ -207,7 +232,7 @@ def _option_counts_by_strand(data: RoundData, column: Column) -> Rows:
 def _offered(column: Column, exploded: pd.DataFrame) -> list[str]:
     if isinstance(column.question.options, list):
         return [option.code for option in column.question.options]
-    return sorted(exploded["option"].unique())
+    return sorted(str(option) for option in exploded["option"].unique())
 
 
 def _distinct_options(data: RoundData, column: Column) -> Rows:
@@ -220,6 +245,13 @@ def _selections(data: RoundData, column: Column) -> Rows:
 
 
 def _numbers(data: RoundData, column: Column) -> pd.DataFrame:
+    key = ("numbers", column.name)
+    if key not in data.cache:
+        data.cache[key] = _to_numbers(data, column)
+    return data.cache[key]
+
+
+def _to_numbers(data: RoundData, column: Column) -> pd.DataFrame:
     values = data.answers[column.name]
     try:
         numbers = pd.to_numeric(values, errors="raise")
@@ -255,14 +287,26 @@ def _float(value: object) -> float | None:
 
 
 def _yes(data: RoundData, column: Column) -> pd.DataFrame:
+    key = ("yes", column.name)
+    if key not in data.cache:
+        data.cache[key] = _to_yes(data, column)
+    return data.cache[key]
+
+
+def _to_yes(data: RoundData, column: Column) -> pd.DataFrame:
     values = data.answers[column.name]
-    # Typed answers are booleans; "yes"/"no" strings are tolerated for answers stored by older ingests.
-    yes = values.map({True: 1.0, False: 0.0, "yes": 1.0, "no": 0.0}, na_action="ignore")
-    unknown = values.notna() & yes.isna()
-    if unknown.any():
-        raise ConsultError(
-            f"round {data.year}: question {column.question.code}: answer {values[unknown].iloc[0]!r} is not yes/no"
-        )
+    try:
+        # Typed answers are booleans (or None): converted without a Python call per row.
+        yes = pd.Series(pd.array(values.to_numpy(dtype=object), dtype="boolean"), index=values.index).astype("Float64")
+    except (TypeError, ValueError):
+        # "yes"/"no" strings are tolerated for answers stored by older ingests; anything else is an error.
+        yes = values.map({True: 1.0, False: 0.0, "yes": 1.0, "no": 0.0}, na_action="ignore")
+        unknown = values.notna() & yes.isna()
+        if unknown.any():
+            raise ConsultError(
+                f"round {data.year}: question {column.question.code}: answer {values[unknown].iloc[0]!r} "
+                "is not yes/no"
+            ) from None
     return pd.DataFrame({"strand": data.answers["strand"], "yes": yes}).dropna(subset=["yes"])
 
 
@@ -489,6 +533,9 @@ def compare(current: pd.DataFrame, previous: pd.DataFrame | None, *, year: int,
         option_row = table["key"].notna() & (table["comparison"] == "comparable")
         added = option_row & table["previous_value"].isna()
         table.loc[added, "previous_value"] = 0.0
+        previous_base = previous[previous["strand"].isna() & previous["key"].notna()].drop_duplicates("indicator")
+        base_of = dict(zip(previous_base["indicator"], previous_base["denominator"], strict=True))
+        table.loc[added, "previous_denominator"] = table.loc[added, "indicator"].map(base_of).astype("Float64")
         table.loc[added & (table["value"] > 0), "comparison"] = "added"
         dropped = _dropped_rows(table, previous)
         table = pd.concat([table, dropped], ignore_index=True) if not dropped.empty else table
@@ -508,22 +555,21 @@ def _dropped_rows(table: pd.DataFrame, previous: pd.DataFrame) -> pd.DataFrame:
     """Previous overall option rows (chosen at least once) with no current row: chosen by nobody this round."""
     options_before = previous[previous["key"].notna() & previous["strand"].isna() & (previous["value"] > 0)]
     present = set(zip(table["indicator"], table["dimension"], strict=True))
-    missing = options_before[[(i, d) not in present for i, d in
-                              zip(options_before["indicator"], options_before["dimension"], strict=True)]]
+    keep = np.array([(i, d) not in present for i, d in
+                     zip(options_before["indicator"], options_before["dimension"], strict=True)], dtype=bool)
+    missing = options_before[keep]
     asked = set(table["question"].dropna())
     missing = missing[missing["question"].isin(list(asked))]
     if missing.empty:
         return missing.iloc[0:0]
-    denominators = table[table["key"].isna() & table["strand"].isna()].drop_duplicates("question")
-    denominator_of = dict(zip(denominators["question"], denominators["denominator"], strict=True))
-    denominator_of.update({q: d for q, d in zip(table["question"], table["denominator"], strict=True)
-                           if q not in denominator_of})
+    overall = table[table["strand"].isna() & table["key"].notna()].drop_duplicates("indicator")
+    denominator_of = dict(zip(overall["indicator"], overall["denominator"], strict=True))
     return pd.DataFrame({
         "indicator": missing["indicator"].to_numpy(),
         "key": missing["key"].to_numpy(),
         "strand": pd.array([pd.NA] * len(missing), dtype="Int64"),
         "value": pd.array([0.0] * len(missing), dtype="Float64"),
-        "denominator": pd.array([denominator_of.get(q) for q in missing["question"]], dtype="Float64"),
+        "denominator": pd.array([denominator_of.get(i) for i in missing["indicator"]], dtype="Float64"),
         "question": missing["question"].to_numpy(),
         "dimension": missing["dimension"].to_numpy(),
         "rank": pd.array([pd.NA] * len(missing), dtype="Int64"),
@@ -556,11 +602,14 @@ def compute_report(session: Session, year: int) -> IndicatorReport:
     questionnaire = data.questionnaire
     current = compute_values(data, _current_columns(questionnaire), questionnaire)
     before = previous_round(session, year)
+    previous_data = _load(session, before) if before is not None else None
     previous_table = None
     columns = None
     new_questions: tuple[str, ...] = ()
-    if before is not None:
-        previous_data = _load(session, before)
+    # A previous round without any accepted response gives nothing to compare with (only "0 of 0").
+    if previous_data is not None and len(previous_data.answers) == 0:
+        previous_data = None
+    if previous_data is not None:
         columns = previous_columns(questionnaire, previous_data.questionnaire)
         previous_table = compute_values(previous_data, columns, questionnaire)
         new_questions = tuple(code for code in questionnaire.codes if code not in columns)
@@ -568,7 +617,7 @@ def compute_report(session: Session, year: int) -> IndicatorReport:
     table = _sorted(table)
     return IndicatorReport(
         year=year,
-        previous_year=before.year if before is not None else None,
+        previous_year=previous_data.year if previous_data is not None else None,
         questionnaire=questionnaire,
         table=table,
         stories=_stories(session, round_, questionnaire),
@@ -585,7 +634,8 @@ def _sorted(table: pd.DataFrame) -> pd.DataFrame:
         _rank=table["rank"].fillna(10**6),
         _value=-table["value"].fillna(-1),
     )
-    table = table.sort_values(["_order", "_overall", "_rank", "_value", "dimension"], kind="stable")
+    table = table.sort_values(["_order", "_overall", "strand", "_rank", "_value", "dimension"], kind="stable",
+                              na_position="first")
     return table.drop(columns=["_order", "_overall", "_rank", "_value"]).reset_index(drop=True)
 
 

@@ -1,5 +1,5 @@
-"""What the scheduled jobs act on: which rounds are open, which are due for closing, which files wait in the drop
-folder. Plain functions; the Prefect tasks in tasks/scheduling.py wrap them."""
+"""What the scheduled jobs act on: which rounds are open, which are due for closing, which files wait in the
+drop folder. Plain functions; the Prefect tasks in tasks/scheduling.py wrap them."""
 
 from __future__ import annotations
 
@@ -18,11 +18,13 @@ RESPONSE_FILE_SUFFIXES = (".csv", ".xlsx")
 
 
 def today_in(timezone: str, now: dt.datetime | None = None) -> dt.date:
-    """The calendar date in the consultation's time zone (a round closing "on 30 June" closes on Brussels' 30 June)."""
+    """Today in the consultation's time zone: a round closing on 30 June closes on Brussels' 30 June."""
     try:
         zone = ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ConsultError(f"CONSULT_TIMEZONE {timezone!r} is not a known time zone (e.g. Europe/Brussels)") from None
+        raise ConsultError(
+            f"CONSULT_TIMEZONE {timezone!r} is not a known time zone (e.g. Europe/Brussels)"
+        ) from None
     return (now or dt.datetime.now(dt.UTC)).astimezone(zone).date()
 
 

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     task_runner: Literal["threads", "dask"] = Field(default="threads", description="dask: run tasks on Dask.")
     dask_address: str | None = Field(default=None, description="Scheduler of an existing Dask cluster (tcp://...).")
 
+    @field_validator("data_dir", "output_dir", "mailbox_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Resolved once against the working directory where the settings are read, so that tasks (and tools
+        # such as Great Expectations' Data Docs) never depend on a later working directory.
+        return value.expanduser().resolve() if value is not None else None
+
     @field_validator("database_url")
     @classmethod
     def _no_placeholder(cls, value: str) -> str:

@@ -247,7 +247,7 @@ class IndicatorValue(Base):
     previous_value: Mapped[float | None] = mapped_column(Float)
     previous_rank: Mapped[int | None] = mapped_column(Integer)
     change: Mapped[float | None] = mapped_column(Float)
-    comparison: Mapped[str] = mapped_column(String(16), default="comparable")  # comparable | new | first_round
+    comparison: Mapped[str] = mapped_column(String(16), default="comparable")  # comparable | new | added | dropped | first_round
     computed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -1,11 +1,13 @@
 """A real Prefect server for tests: `prefect server start` on a free local port, its database in a temporary
 folder, stopped at the end. Also starts process workers and runs the Prefect CLI against it.
 
-Tests share one server (it takes ~9-15 s to start): see the module/session fixtures that use ``PrefectServer``.
+Tests share one server (it takes ~9-15 s to start): see the module/session fixtures that use
+``PrefectServer``.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import signal
@@ -13,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +34,8 @@ def free_port() -> int:
 
 def _clean_environment() -> dict[str, str]:
     """The parent's environment without anything that would point a child at another server or database:
-    the test harness's PREFECT_* values and a test's CONSULT_* values must not leak into the server or a worker."""
+    the test harness's PREFECT_* values and a test's CONSULT_* values must not leak into the server or a
+    worker."""
     return {
         key: value
         for key, value in os.environ.items()
@@ -85,17 +89,20 @@ class PrefectServer:
     def start(self, timeout: float = 120) -> PrefectServer:
         self.home.mkdir(parents=True, exist_ok=True)
         command = [str(PREFECT_BIN), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
-        # Without the scheduler, deployments keep their schedules but no run is created behind the test's back.
+        # Without the scheduler, deployments keep their schedules but no run is created behind the test's
+        # back.
         if not self.scheduler:
             command.append("--no-scheduler")
         log = self.log_path.open("wb")
-        self.process = subprocess.Popen(  # noqa: S603 - fixed command line
+        self.process = subprocess.Popen(
             command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.home, start_new_session=True
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"prefect server exited with {self.process.returncode}:\n{self.tail_log()}")
+                raise RuntimeError(
+                    f"prefect server exited with {self.process.returncode}:\n{self.tail_log()}"
+                )
             try:
                 if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
                     return self
@@ -103,31 +110,56 @@ class PrefectServer:
                 pass
             time.sleep(0.3)
         self.stop()
-        raise RuntimeError(f"prefect server did not answer {self.api_url}/health within {timeout} s:\n{self.tail_log()}")
+        raise RuntimeError(
+            f"prefect server did not answer {self.api_url}/health within {timeout} s:\n{self.tail_log()}"
+        )
 
     def tail_log(self, lines: int = 40) -> str:
         if not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def cli(self, *args: str, cwd: Path = REPO_ROOT, env: dict[str, str] | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, cwd: Path = REPO_ROOT, env: dict[str, str] | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``prefect ARGS`` against this server; raise with its output when it fails."""
-        result = subprocess.run(  # noqa: S603 - fixed command line
-            [str(PREFECT_BIN), *args], env={**self.env, **(env or {})}, cwd=cwd, capture_output=True, text=True,
+        result = subprocess.run(
+            [str(PREFECT_BIN), *args],
+            check=False,
+            env={**self.env, **(env or {})},
+            cwd=cwd,
+            capture_output=True,
+            text=True,
             timeout=timeout,
         )
         if result.returncode != 0:
-            raise RuntimeError(f"prefect {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+            raise RuntimeError(
+                f"prefect {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
-    def start_worker(self, pool: str, *, name: str, env: dict[str, str] | None = None,
-                     extra_args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
-        """A process worker in the background, as on a worker machine: ``prefect worker start --pool POOL``."""
+    def start_worker(
+        self, pool: str, *, name: str, env: dict[str, str] | None = None, extra_args: Sequence[str] = ()
+    ) -> subprocess.Popen[bytes]:
+        """A process worker in the background, as on a worker machine (``prefect worker start --pool P``)."""
         log = (self.home / f"worker-{name}.log").open("wb")
-        worker = subprocess.Popen(  # noqa: S603 - fixed command line
-            [str(PREFECT_BIN), "worker", "start", "--pool", pool, "--type", "process", "--name", name, *extra_args],
-            env={**self.env, **(env or {})}, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+        worker = subprocess.Popen(
+            [
+                str(PREFECT_BIN),
+                "worker",
+                "start",
+                "--pool",
+                pool,
+                "--type",
+                "process",
+                "--name",
+                name,
+                *extra_args,
+            ],
+            env={**self.env, **(env or {})},
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.children.append(worker)
@@ -157,3 +189,163 @@ def chromium_binary() -> str | None:
         if found:
             return found
     return None
+
+
+# --- One server, one set of deployments and one worker for the whole test process ---------------------------
+# Several test modules (integration, browser) read the same round run; starting the server takes ~9-15 s, the
+# round run ~30 s, so both are made once per process and torn down at exit.
+
+WORK_POOL = "consult"
+PREFECT_YAML = REPO_ROOT / "deployments" / "prefect.yaml"
+EXAMPLES = REPO_ROOT / "examples" / "escp4i"
+_shared: dict[str, object] = {}
+
+
+def shared_server() -> PrefectServer:
+    """The process-wide Prefect server, started on first use and stopped when the test process exits."""
+    if "server" not in _shared:
+        import atexit
+        import tempfile
+
+        home = Path(tempfile.mkdtemp(prefix="consult-prefect-"))
+        server = PrefectServer(home=home).start()
+        atexit.register(shutil.rmtree, home, True)
+        atexit.register(server.stop)
+        _shared["server"] = server
+    return _shared["server"]  # type: ignore[return-value]
+
+
+def deployed_server() -> PrefectServer:
+    """The shared server with a process work pool, every deployment of deployments/prefect.yaml applied with
+    `prefect deploy --all`, and one process worker polling the pool (as a worker machine would)."""
+    server = shared_server()
+    if "deployed" not in _shared:
+        server.cli("work-pool", "create", WORK_POOL, "--type", "process")
+        server.cli(
+            "deploy",
+            "--all",
+            "--prefect-file",
+            str(PREFECT_YAML.relative_to(REPO_ROOT)),
+            env={"CONSULT_HOME": str(REPO_ROOT)},
+        )
+        server.start_worker(WORK_POOL, name="worker-1")
+        _shared["deployed"] = True
+    return server
+
+
+def api_settings(server: PrefectServer):  # type: ignore[no-untyped-def]
+    """Point this process's Prefect client at ``server`` (tests otherwise talk to the session's test
+    harness)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    return temporary_settings(updates={PREFECT_API_URL: server.api_url})
+
+
+def consult_environment(root: Path) -> dict[str, str]:
+    """A database with the reference panel, and data/output folders, all under ``root``: the CONSULT_*
+    variables a flow run gets through the deployment's job variables (never through task parameters)."""
+    from consult.panel import import_panel
+    from db.engine import get_engine, session_scope, upgrade
+
+    url = f"sqlite:///{root / 'consult.db'}"
+    upgrade(url)
+    with session_scope(get_engine(url)) as session:
+        import_panel(session, EXAMPLES / "panel.csv")
+    get_engine(url).dispose()
+    return {
+        "CONSULT_DATABASE_URL": url,
+        "CONSULT_DATA_DIR": str(root / "data"),
+        "CONSULT_OUTPUT_DIR": str(root / "output"),
+        "CONSULT_MAIL_BACKEND": "mailbox",
+    }
+
+
+def trigger(server: PrefectServer, deployment: str, parameters: dict[str, object], env: dict[str, str]):  # type: ignore[no-untyped-def]
+    """Create a flow run of ``deployment`` through the API and return at once."""
+    from prefect.deployments import run_deployment
+
+    with api_settings(server):
+        return run_deployment(deployment, parameters=parameters, job_variables={"env": env}, timeout=0)
+
+
+def wait_for(server: PrefectServer, flow_run_id, timeout: float = 420):  # type: ignore[no-untyped-def]
+    """Poll the API until the flow run reaches a final state; fail with the worker's log if it does not."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with api_settings(server), get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            flow_run = client.read_flow_run(flow_run_id)
+            if flow_run.state is not None and flow_run.state.is_final():
+                return flow_run
+            time.sleep(1)
+    raise AssertionError(
+        f"flow run {flow_run_id} not finished after {timeout} s:\n{server.worker_log('worker-1')[-4000:]}"
+    )
+
+
+@dataclass
+class RoundRun:
+    flow_run: object
+    env: dict[str, str]
+    root: Path
+
+
+def reference_round_run() -> RoundRun:
+    """The 2019 reference round, run once per test process through the `run-round` deployment by the
+    worker."""
+    if "round_run" not in _shared:
+        import tempfile
+
+        server = deployed_server()
+        root = Path(tempfile.mkdtemp(prefix="consult-round-", dir=server.home))
+        env = consult_environment(root)
+        parameters = {
+            "year": 2019,
+            "questionnaire": str(EXAMPLES / "questionnaire-2019.yaml"),
+            "response_files": [str(EXAMPLES / "responses-2019.csv")],
+            "closes_on": "2019-06-30",
+        }
+        created = trigger(server, "run-round/run-round", parameters, env)
+        _shared["round_run"] = RoundRun(flow_run=wait_for(server, created.id), env=env, root=root)
+    return _shared["round_run"]  # type: ignore[return-value]
+
+
+def read_markdown_artifact(server: PrefectServer, key: str) -> str | None:
+    """The latest version of the artifact ``key`` (what the UI shows under Artifacts), or None."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with api_settings(server), get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    return str(found[0].data) if found else None
+
+
+def reference_figures(year: int) -> dict[str, object]:
+    """What an analyst expects from the reference files, computed here with the standard library: the latest
+    complete submission per partnership of the panel counts; unknown partnerships are quarantined."""
+    with open(EXAMPLES / "panel.csv", encoding="utf-8") as handle:
+        panel_rows = list(csv.DictReader(handle))
+    panel = {row["partnership_id"] for row in panel_rows}
+    with open(EXAMPLES / f"responses-{year}.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    latest: dict[str, dict[str, str]] = {}
+    for row in sorted(rows, key=lambda row: row["submitted_at"]):
+        if row["partnership_id"] in panel and row["submitted_at"]:
+            latest[row["partnership_id"]] = row
+    markets = Counter(code for row in latest.values() for code in row["markets"].split(";") if code)
+    top_market, top_count = markets.most_common(1)[0]
+    return {
+        "consulted": len(panel),
+        "contacts": len(panel_rows),
+        "rows": len(rows),
+        "accepted": len(latest),
+        "unknown": sorted({row["partnership_id"] for row in rows} - panel),
+        "top_market": top_market,
+        "top_count": top_count,
+    }

@@ -1,0 +1,250 @@
+"""Benchmark: ingest + validate + store N synthetic responses, next to the floor measured in the same run.
+
+    .venv/bin/python bench/bench_ingest.py                 # 1,000,000 rows (~120 MB CSV), SQLite and PostgreSQL
+    .venv/bin/python bench/bench_ingest.py --rows 20000    # what CI can afford
+    .venv/bin/python bench/bench_ingest.py --no-postgres   # SQLite only
+
+For each database it prints: the engine's ingest (the real `ingest_responses` flow: read, match, validate with
+Great Expectations, store, data-quality report), the floor (pandas `read_csv` + raw `sqlite3.executemany` of the
+same rows, or `COPY` on PostgreSQL), pandas `to_sql` of the same rows, their ratios, the peak memory of each
+(every measurement runs in its own process), and the number of Prefect task runs.
+
+Goals (issue 4): ingest within 3x of the floor, faster than pandas to_sql, peak memory under 2 GB, task runs
+independent of the row count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import multiprocessing
+import os
+import resource
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+QUESTIONNAIRE = REPO / "examples" / "escp4i" / "questionnaire-2019.yaml"
+HEADER = ["partnership_id", "submitted_at", "markets", "sme_involvement", "cooperation_agreements",
+          "business_missions_planned", "sme_members", "success_story"]
+MARKETS = ["US", "CA", "JP", "CN", "IL", "ZA", "IN", "KR", "SG", "MX", "AU", "BR"]
+OPTIONS = ["business_contacts", "knowledge_sharing", "joint_events", "exports_imports", "soft_landing", "other"]
+DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+def code(number: int) -> str:
+    return f"P{number:07d}"
+
+
+def write_csv(path: Path, rows: int) -> None:
+    """N responses from N partnerships; 0.1 % carry a bad integer, so quarantine is exercised too."""
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        handle.write(",".join(HEADER) + "\n")
+        base = dt.datetime(2019, 3, 1)
+        for number in range(rows):
+            markets = ";".join(MARKETS[(number + k) % len(MARKETS)] for k in range(1 + number % 3))
+            options = ";".join(OPTIONS[(number + k) % len(OPTIONS)] for k in range(1 + number % 2))
+            agreements = "abc" if number % 1000 == 999 else str(number % 7)
+            stamp = (base + dt.timedelta(seconds=number)).isoformat()
+            text = f"Story {number}: met buyers in Japan" if number % 4 == 0 else ""
+            handle.write(f"{code(number)},{stamp},{markets},{options},{agreements},"
+                         f"{'yes' if number % 2 else 'no'},{number % 300},{text}\n")
+
+
+def setup_database(url: str, rows: int) -> None:
+    """Schema, a panel of N partnerships and round 2019 enrolling them all (bulk, not timed)."""
+    from sqlalchemy import insert
+
+    from consult.questionnaire import load_questionnaire
+    from consult.rounds import store_questionnaire
+    from db.bulk import bulk_insert, timestamp_format
+    from db.engine import get_engine, session_scope, upgrade
+    from db.models import Round
+
+    upgrade(url)
+    engine = get_engine(url)
+    with session_scope(engine) as session:
+        version = store_questionnaire(session, load_questionnaire(QUESTIONNAIRE))
+        version_id = version.id
+    with engine.begin() as connection:
+        now = dt.datetime.now(dt.UTC).strftime(timestamp_format(connection))
+        bulk_insert(connection, "partnerships",
+                    ("id", "code", "name", "strand", "country", "language", "active", "created_at", "updated_at"),
+                    ((n + 1, code(n), f"Partnership {n}", 1 + n % 2, "BE", "en", True, now, now)
+                     for n in range(rows)))
+        round_id = connection.execute(
+            insert(Round).values(year=2019, questionnaire_version_id=version_id, status="open",
+                                 closes_on=dt.date(2019, 6, 30), reminder_days=[14, 3]).returning(Round.id)
+        ).scalar_one()
+        bulk_insert(connection, "round_participants",
+                    ("round_id", "partnership_id", "token_hash", "strand", "created_at"),
+                    ((round_id, n + 1, hashlib.sha256(code(n).encode()).hexdigest(), 1 + n % 2, now)
+                     for n in range(rows)))
+        if connection.dialect.name == "postgresql":
+            from sqlalchemy import text
+
+            connection.execute(text("SELECT setval('partnerships_id_seq', (SELECT max(id) FROM partnerships))"))
+
+
+# --- what is measured, each in its own process --------------------------------------------------------------
+
+
+def measure_engine(url: str, csv_path: str, workdir: str) -> dict[str, Any]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ["CONSULT_DATABASE_URL"] = url
+    os.environ["CONSULT_DATA_DIR"] = str(Path(workdir) / "data")
+    os.environ["CONSULT_OUTPUT_DIR"] = str(Path(workdir) / "output")
+    os.environ["CONSULT_TOKEN_SECRET"] = "bench-" + "0" * 58
+    with prefect_test_harness(server_startup_timeout=120):
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        from flows.ingest import ingest_responses
+
+        import great_expectations  # noqa: F401 - imported before the clock starts, like a warm worker
+
+        start = time.perf_counter()
+        state = ingest_responses(2019, [csv_path], return_state=True)
+        seconds = time.perf_counter() - start
+        summary = state.result()
+        with get_client(sync_client=True) as client:
+            task_runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+            )
+        stages = {
+            run.name.rsplit("-", 1)[0]: (run.end_time - run.start_time).total_seconds()
+            for run in task_runs if run.start_time and run.end_time
+        }
+    counts = summary.files[0]
+    return {"seconds": seconds, "task_runs": len(task_runs), "stages": stages,
+            "counts": f"{counts.accepted} accepted, {counts.quarantined} quarantined, {counts.warnings} warnings"}
+
+
+def measure_floor(url: str, csv_path: str) -> dict[str, Any]:
+    """pandas read_csv + the driver's bulk path for the same rows into a plain table of the same columns."""
+    import pandas as pd
+    from sqlalchemy import text
+
+    from db.bulk import bulk_insert
+    from db.engine import get_engine
+
+    engine = get_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE IF EXISTS floor_rows"))
+        connection.execute(text("CREATE TABLE floor_rows (" + ", ".join(f"{c} TEXT" for c in HEADER) + ")"))
+    start = time.perf_counter()
+    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    read_seconds = time.perf_counter() - start
+    with engine.begin() as connection:
+        bulk_insert(connection, "floor_rows", HEADER, frame.itertuples(index=False, name=None))
+    return {"seconds": time.perf_counter() - start, "read_seconds": read_seconds}
+
+
+def measure_to_sql(url: str, csv_path: str) -> dict[str, Any]:
+    import pandas as pd
+
+    from db.engine import get_engine
+
+    engine = get_engine(url)
+    start = time.perf_counter()
+    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    frame.to_sql("to_sql_rows", engine, if_exists="replace", index=False, chunksize=50_000)
+    return {"seconds": time.perf_counter() - start}
+
+
+def _child(target: Callable[..., dict[str, Any]], args: tuple[Any, ...], queue: Any) -> None:
+    try:
+        result = target(*args)
+    except BaseException as error:  # report it to the parent instead of dying silently
+        queue.put({"error": f"{type(error).__name__}: {error}"})
+        raise
+    result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put(result)
+
+
+def in_process(target: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_child, args=(target, args, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    if "error" in result:
+        raise SystemExit(f"{target.__name__} failed: {result['error']}")
+    return result
+
+
+def bench(label: str, url: str, csv_path: Path, workdir: Path, rows: int, skip_to_sql: bool) -> None:
+    setup_database(url, rows)
+    floor = in_process(measure_floor, url, str(csv_path))
+    ingest = in_process(measure_engine, url, str(csv_path), str(workdir))
+    to_sql = None if skip_to_sql else in_process(measure_to_sql, url, str(csv_path))
+    print(f"\n== {label}: {rows:,} rows ==")
+    print(f"floor  (read_csv {floor['read_seconds']:.1f} s + bulk insert): {floor['seconds']:7.1f} s   "
+          f"peak {floor['peak_mb']:6.0f} MB")
+    print(f"ingest (flow: read, match, validate, store, report): {ingest['seconds']:7.1f} s   "
+          f"peak {ingest['peak_mb']:6.0f} MB   ratio to floor {ingest['seconds'] / floor['seconds']:.2f}x")
+    stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in sorted(ingest["stages"].items()))
+    print(f"       stages: {stages}")
+    print(f"       Prefect task runs: {ingest['task_runs']}; {ingest['counts']}")
+    if to_sql:
+        print(f"pandas to_sql: {to_sql['seconds']:7.1f} s   peak {to_sql['peak_mb']:6.0f} MB   "
+              f"ingest / to_sql {ingest['seconds'] / to_sql['seconds']:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--no-to-sql", action="store_true", help="skip the pandas to_sql comparison")
+    parser.add_argument("--postgres-admin-url", default=os.environ.get("CONSULT_BENCH_POSTGRES_URL", DEFAULT_PG))
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out")
+    args = parser.parse_args()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    csv_path = args.out / f"responses-{args.rows}.csv"
+    if not csv_path.exists():
+        write_csv(csv_path, args.rows)
+    print(f"{csv_path}: {csv_path.stat().st_size / 1e6:.0f} MB, {args.rows:,} rows, "
+          f"{os.cpu_count()} CPU(s), Python {sys.version.split()[0]}")
+
+    sqlite_dir = args.out / "sqlite"
+    shutil.rmtree(sqlite_dir, ignore_errors=True)
+    sqlite_dir.mkdir()
+    bench("SQLite", f"sqlite:///{sqlite_dir / 'bench.db'}", csv_path, sqlite_dir, args.rows, args.no_to_sql)
+
+    if args.no_postgres:
+        return
+    from sqlalchemy import create_engine, text
+
+    name = f"bench_ingest_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(args.postgres_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = args.postgres_admin_url.rsplit("/", 1)[0] + f"/{name}"
+    pg_dir = args.out / "postgresql"
+    shutil.rmtree(pg_dir, ignore_errors=True)
+    pg_dir.mkdir()
+    try:
+        bench("PostgreSQL", url, csv_path, pg_dir, args.rows, args.no_to_sql)
+    finally:
+        from db.engine import get_engine
+
+        get_engine(url).dispose()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+if __name__ == "__main__":
+    main()

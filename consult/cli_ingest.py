@@ -1,0 +1,149 @@
+"""`consult ingest YEAR FILE...` and `consult quarantine list|show|accept|reject YEAR ...`.
+
+Registered by consult.cli: ``app``'s commands at the top level, ``quarantine_app`` as ``consult quarantine``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from consult.errors import ConsultError
+from consult.settings import get_settings
+
+app = typer.Typer(no_args_is_help=True)
+quarantine_app = typer.Typer(help="Review quarantined rows: list, show, accept after a fix, reject.", no_args_is_help=True)
+
+YearArg = Annotated[int, typer.Argument(help="The round's year, e.g. 2019.", min=1900, max=2999)]
+RowArg = Annotated[int, typer.Argument(help="The quarantined row's id (see `consult quarantine list`).")]
+
+
+def _engine():  # type: ignore[no-untyped-def]
+    from db.engine import get_engine, require_schema
+
+    engine = get_engine(get_settings().resolved_database_url)
+    require_schema(engine)
+    return engine
+
+
+@app.command("ingest")
+def ingest(
+    year: YearArg,
+    files: Annotated[list[Path], typer.Argument(help="Survey exports: CSV, XLSX or JSON lines.")],
+) -> None:
+    """Ingest response files into a round: match, validate, store; quarantine what is invalid."""
+    from flows.ingest import ingest_responses
+
+    _engine()
+    summary = ingest_responses(year, [str(path) for path in files])
+    for item in summary.files:
+        if item.skipped_as_duplicate_file:
+            typer.echo(f"{item.name}: already ingested, skipped")
+            continue
+        typer.echo(
+            f"{item.name}: {item.rows} rows, {item.accepted} accepted, {item.superseded} superseded, "
+            f"{item.partial} partial, {item.quarantined} quarantined, {item.warnings} with warnings"
+            + (f" ({item.replaced_earlier} earlier responses superseded)" if item.replaced_earlier else "")
+        )
+    quarantined = summary.total("quarantined")
+    if quarantined:
+        typer.echo(f"review the {quarantined} quarantined row(s) with `consult quarantine list {year}`")
+
+
+def _one_line(text: str, limit: int = 60) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    year: YearArg,
+    status: Annotated[str, typer.Option(help="open, accepted, rejected or all.")] = "open",
+) -> None:
+    """List quarantined rows with the first reason of each."""
+    from consult.ingest.store import list_quarantine
+    from db.engine import session_scope
+
+    if status not in ("open", "accepted", "rejected", "all"):
+        raise ConsultError(f"--status {status}: expected open, accepted, rejected or all")
+    with session_scope(_engine()) as session:
+        entries = list_quarantine(session, year, status=None if status == "all" else status)
+    if not entries:
+        typer.echo(f"round {year}: no {'' if status == 'all' else status + ' '}quarantined row")
+        return
+    for entry in entries:
+        first = entry.reasons[0]["message"] if entry.reasons else ""
+        more = f" (+{len(entry.reasons) - 1} more)" if len(entry.reasons) > 1 else ""
+        typer.echo(
+            f"{entry.id:>6}  {entry.status:<8}  {_one_line(entry.file, 30)} row {entry.row_number}  "
+            f"{entry.partnership or '-':<12}  {_one_line(first, 80)}{more}"
+        )
+
+
+@quarantine_app.command("show")
+def quarantine_show(year: YearArg, row_id: RowArg) -> None:
+    """Show a quarantined row: every reason and the raw cells as exported."""
+    from consult.ingest.store import list_quarantine
+    from db.engine import session_scope
+
+    with session_scope(_engine()) as session:
+        entries = [entry for entry in list_quarantine(session, year, status=None) if entry.id == row_id]
+    if not entries:
+        raise ConsultError(f"round {year} has no quarantined row {row_id}: see `consult quarantine list {year}`")
+    entry = entries[0]
+    typer.echo(f"row {entry.row_number} of {entry.file}, partnership {entry.partnership or 'unknown'}, {entry.status}")
+    for reason in entry.reasons:
+        typer.echo(f"  {reason.get('severity', 'error')}: {reason.get('message')}  [{reason.get('expectation')}]")
+    if entry.review_note:
+        typer.echo(f"  note: {entry.review_note}")
+    typer.echo("raw cells:")
+    # JSON keeps control characters and formulas visible as text instead of acting on the terminal.
+    for column, value in entry.raw.items():
+        typer.echo(f"  {column}: {json.dumps(value, ensure_ascii=False)}")
+
+
+def _parse_fixes(values: list[str]) -> dict[str, str]:
+    fixes: dict[str, str] = {}
+    for value in values:
+        key, sep, cell = value.partition("=")
+        if not sep or not key.strip():
+            raise ConsultError(f"--set {value!r}: expected QUESTION=VALUE, e.g. --set cooperation_agreements=3")
+        fixes[key.strip()] = cell
+    return fixes
+
+
+@quarantine_app.command("accept")
+def quarantine_accept(
+    year: YearArg,
+    row_id: RowArg,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="QUESTION=VALUE fix; repeatable.")] = None,
+    partnership: Annotated[str | None, typer.Option(help="Assign the row to this partnership code.")] = None,
+    note: Annotated[str | None, typer.Option(help="Why the row is accepted.")] = None,
+) -> None:
+    """Re-validate a quarantined row (after the given fixes) and store it as a response."""
+    from consult.ingest.pipeline import accept_quarantined
+
+    _engine()
+    response = accept_quarantined(
+        get_settings(), year, row_id, fixes=_parse_fixes(set_ or []), partnership_code=partnership, note=note
+    )
+    typer.echo(f"quarantined row {row_id} accepted as response {response.id} ({response.status})")
+
+
+@quarantine_app.command("reject")
+def quarantine_reject(
+    year: YearArg,
+    row_id: RowArg,
+    note: Annotated[str | None, typer.Option(help="Why the row is rejected.")] = None,
+) -> None:
+    """Keep a quarantined row out of the results for good."""
+    from consult.ingest.store import reject_quarantined
+    from db.engine import session_scope
+
+    with session_scope(_engine()) as session:
+        reject_quarantined(session, year, row_id, note=note)
+    typer.echo(f"quarantined row {row_id} rejected")
+

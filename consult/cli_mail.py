@@ -1,0 +1,137 @@
+"""Mail commands, merged into the top level of `consult`: remind, thank, outbox, reconcile, webhook serve."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+import typer
+
+from consult.errors import ConsultError
+from consult.settings import get_settings
+
+app = typer.Typer(no_args_is_help=True)
+webhook_app = typer.Typer(help="SendGrid Event Webhook receiver.", no_args_is_help=True)
+app.add_typer(webhook_app, name="webhook")
+
+YearArg = Annotated[int, typer.Argument(help="The round's year, e.g. 2019.", min=1900, max=2999)]
+
+
+def _engine():  # type: ignore[no-untyped-def]
+    from db.engine import get_engine, require_schema
+
+    engine = get_engine(get_settings().resolved_database_url)
+    require_schema(engine)
+    return engine
+
+
+@app.command("remind")
+def remind(
+    year: YearArg,
+    force: Annotated[bool, typer.Option("--force", help="Send one now, whatever the round's schedule says.")] = False,
+) -> None:
+    """Send the reminder that is due by the round's schedule, or one now with --force; only contacts of
+    partnerships that have not answered get it, and never twice."""
+    from flows.mailing import send_reminders
+
+    _engine()
+    report = send_reminders(year, force=force)
+    if report.sequence is None:
+        typer.echo(f"reminders for {year}: {report.note or 'none due today'} (use --force to send one now)")
+    else:
+        typer.echo(f"reminders for {year}: {report}")
+    _exit_on_problems(report)
+
+
+@app.command("thank")
+def thank(year: YearArg) -> None:
+    """Thank the contacts of every partnership whose answers were accepted (once each)."""
+    from flows.mailing import send_thank_yous
+
+    _engine()
+    report = send_thank_yous(year)
+    typer.echo(f"thank-yous for {year}: {report}")
+    _exit_on_problems(report)
+
+
+def _exit_on_problems(report) -> None:  # type: ignore[no-untyped-def]
+    if report.failed or report.unknown:
+        typer.echo(
+            f"{report.failed} failed and {report.unknown} of unknown fate: see `consult outbox {report.year} "
+            "--problems`", err=True,
+        )
+        raise typer.Exit(2)
+
+
+@app.command("outbox")
+def outbox_status(
+    year: YearArg,
+    problems: Annotated[bool, typer.Option("--problems", help="List only failed, unknown and skipped messages.")] = False,
+) -> None:
+    """The outbox of a round: counts per kind and state, then one line per message (problems first)."""
+    from consult.mail import outbox
+
+    engine = _engine()
+    counts = outbox.count_states(engine, year=year)
+    if not counts:
+        typer.echo(f"the outbox of round {year} is empty: send invitations with `consult invite {year}`")
+        return
+    typer.echo(f"{'kind':<12} {'seq':>4}  " + "  ".join(f"{state:>8}" for state in outbox.STATES))
+    for kind, sequence in sorted({(kind, sequence) for kind, sequence, _ in counts}):
+        cells = "  ".join(f"{counts.get((kind, sequence, state), 0):>8}" for state in outbox.STATES)
+        typer.echo(f"{kind:<12} {sequence:>4}  {cells}")
+    rows = outbox.delivery_table(engine, year=year)
+    if problems:
+        rows = [row for row in rows if row["state"] in ("failed", "unknown", "skipped", "sending")]
+    if rows:
+        typer.echo("")
+    for row in rows:
+        typer.echo(f"{row['partnership']:<14} {row['kind']:<10} {row['sequence']:>4} {row['state']:<8} "
+                   f"{row['recipient']:<40} {row['reason']}")
+
+
+@app.command("reconcile")
+def reconcile(
+    year: YearArg,
+    stale_after: Annotated[int, typer.Option(
+        help="Minutes after which a message still `sending` belongs to a dead run and becomes `unknown`.", min=0,
+    )] = 15,
+    release: Annotated[bool, typer.Option(
+        "--release",
+        help="Put messages still unknown back to pending (only once the provider's activity feed shows they "
+             "were not sent).",
+    )] = False,
+) -> None:
+    """Resolve messages of unknown fate from the delivery events received; never resends unless --release."""
+    from consult.mail import outbox
+
+    result = outbox.reconcile(_engine(), year=year, stale_after=dt.timedelta(minutes=stale_after), release=release)
+    typer.echo(f"outbox {year}: {result}")
+    if result.still_unknown:
+        shown = ", ".join(str(i) for i in result.unknown_ids[:20])
+        typer.echo(f"unknown outbox ids: {shown}{' ...' if result.still_unknown > 20 else ''}", err=True)
+        raise typer.Exit(2)
+
+
+@webhook_app.command("serve")
+def webhook_serve(
+    host: Annotated[str, typer.Option(help="Address to listen on (put HTTPS in front of it).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8025,
+) -> None:
+    """Receive SendGrid's signed delivery events: bounces, drops and unsubscribes are recorded on contacts."""
+    from consult.webhook import make_server
+
+    settings = get_settings()
+    if not settings.sendgrid_webhook_public_key:
+        raise ConsultError(
+            "CONSULT_SENDGRID_WEBHOOK_PUBLIC_KEY is not set: copy the verification key from SendGrid's "
+            "Mail Settings > Event Webhook > Signed Event Webhook"
+        )
+    server = make_server(_engine(), settings.sendgrid_webhook_public_key, host=host, port=port)
+    typer.echo(f"listening for SendGrid events on http://{host}:{port}/ (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

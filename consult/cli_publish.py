@@ -1,0 +1,54 @@
+"""`consult publish YEAR` and `consult indicators YEAR`: registered at the top level by consult.cli."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from consult.settings import get_settings
+
+app = typer.Typer(no_args_is_help=True)
+
+YearArg = Annotated[int, typer.Argument(help="The round's year, e.g. 2019.", min=1900, max=2999)]
+
+
+@app.command("publish")
+def publish(
+    year: YearArg,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: CONSULT_OUTPUT_DIR); "
+                                             "files go to OUT/YEAR/.")] = None,
+) -> None:
+    """Compute the round's indicators and write its summary (HTML, Markdown) and indicator CSV under OUT/YEAR/."""
+    from db.engine import get_engine, require_schema
+    from flows.publish import compute_and_publish
+
+    require_schema(get_engine(get_settings().resolved_database_url))
+    result = compute_and_publish(year, str(out) if out else None)
+    for label, path in result.paths_by_label().items():
+        typer.echo(f"{label + ':':<22} {path}")
+
+
+@app.command("indicators")
+def indicators(year: YearArg) -> None:
+    """Print the round's indicators compared with the previous round (nothing is stored or written)."""
+    from consult.indicators import TABLE_COLUMNS, compute_report
+    from db.engine import get_engine, require_schema, session_scope
+
+    engine = get_engine(get_settings().resolved_database_url)
+    require_schema(engine)
+    with session_scope(engine) as session:
+        report = compute_report(session, year)
+    columns = TABLE_COLUMNS[1:7] + ["rank", "rank_change", "comparison"]
+    rows = [[_text(record[c]) for c in columns] for record in report.records()]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)]
+    typer.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in rows:
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _text(value: object) -> str:
+    from consult.indicators import format_number
+
+    return value if isinstance(value, str) else format_number(value)

@@ -1,0 +1,146 @@
+"""Match each response row to a partnership of the round: token first, else partnership id or contact e-mail.
+
+A token is compared through its hash (the database never holds tokens). A row that carries a token must match by
+it: a wrong token never falls back to a partnership id typed next to it, since anybody can type an id. The
+partnership id and the e-mail are used only where the questionnaire's ``match_by`` allows them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import pandas as pd
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import Contact, Partnership, Round, RoundParticipant
+
+AMBIGUOUS = -1
+
+
+@dataclass(frozen=True)
+class Directory:
+    """What matching needs to know about a round, read once per ingest."""
+
+    round_id: int
+    year: int
+    token_hashes: dict[str, int]
+    other_round_tokens: dict[str, int]
+    codes: dict[str, int]
+    emails: dict[str, int]
+    code_of: dict[int, str]
+    panel_codes: frozenset[str]
+
+
+def load_directory(session: Session, round_: Round) -> Directory:
+    participants = session.execute(
+        select(RoundParticipant.token_hash, RoundParticipant.partnership_id, Partnership.code)
+        .join(Partnership, Partnership.id == RoundParticipant.partnership_id)
+        .where(RoundParticipant.round_id == round_.id)
+    ).all()
+    other_tokens = session.execute(
+        select(RoundParticipant.token_hash, Round.year)
+        .join(Round, Round.id == RoundParticipant.round_id)
+        .where(RoundParticipant.round_id != round_.id)
+    ).all()
+    enrolled = {partnership_id for _, partnership_id, _ in participants}
+    emails: dict[str, int] = {}
+    for email, partnership_id in session.execute(
+        select(Contact.email, Contact.partnership_id).where(Contact.partnership_id.in_(enrolled) if enrolled else False)
+    ):
+        key = email.strip().lower()
+        emails[key] = partnership_id if emails.get(key, partnership_id) == partnership_id else AMBIGUOUS
+    return Directory(
+        round_id=round_.id,
+        year=round_.year,
+        token_hashes={token_hash: partnership_id for token_hash, partnership_id, _ in participants},
+        other_round_tokens={token_hash: year for token_hash, year in other_tokens},
+        codes={code.upper(): partnership_id for _, partnership_id, code in participants},
+        emails=emails,
+        code_of={partnership_id: code for _, partnership_id, code in participants},
+        panel_codes=frozenset(code.upper() for code in session.scalars(select(Partnership.code))),
+    )
+
+
+def _hash_tokens(tokens: pd.Series) -> pd.Series:
+    return pd.Series(
+        [hashlib.sha256(token.encode()).hexdigest() if token else "" for token in tokens.tolist()],
+        index=tokens.index,
+        dtype=object,
+    )
+
+
+def match_partnerships(cells: pd.DataFrame, directory: Directory, match_by: list[str]) -> pd.DataFrame:
+    """One row per input row: ``partnership`` (nullable int), ``matched_by`` and ``match_error`` ("" if matched).
+
+    ``cells`` is the canonical table of :mod:`consult.ingest.readers` (``token``, ``partnership_id``, ``email``).
+    """
+    index = cells.index
+    partnership = pd.Series(pd.NA, index=index, dtype="Int64")
+    matched_by = pd.Series("", index=index, dtype=object)
+    error = pd.Series("", index=index, dtype=object)
+    pending = pd.Series(True, index=index)
+
+    tokens = cells["token"].astype(str).str.strip()
+    has_token = tokens != ""
+    if has_token.any():
+        hashes = _hash_tokens(tokens[has_token])
+        found = hashes.map(directory.token_hashes)
+        ok = found.notna()
+        partnership[ok[ok].index] = found[ok].astype("int64")
+        matched_by[ok[ok].index] = "token"
+        other_year = hashes[~ok].map(directory.other_round_tokens)
+        error[other_year.index] = [
+            f"token belongs to round {int(year)}, not {directory.year}" if pd.notna(year) else "unknown token"
+            for year in other_year.tolist()
+        ]
+        if "token" not in match_by:
+            # The questionnaire does not match by token: tokens are ignored, other keys decide.
+            partnership[has_token] = pd.NA
+            matched_by[has_token] = ""
+            error[has_token] = ""
+        else:
+            pending &= ~has_token
+
+    written = cells["partnership_id"].astype(str).str.strip()
+    codes = written.str.upper()
+    use_code = pending & (codes != "")
+    if use_code.any():
+        if "partnership_id" in match_by:
+            found = codes[use_code].map(directory.codes)
+            ok = found.notna()
+            partnership[ok[ok].index] = found[ok].astype("int64")
+            matched_by[ok[ok].index] = "partnership_id"
+            missing = codes[use_code][~ok]
+            error[missing.index] = [
+                f"partnership {shown} is not consulted in round {directory.year}"
+                if code in directory.panel_codes
+                else f"unknown partnership {shown}"
+                for code, shown in zip(missing.tolist(), written[missing.index].tolist(), strict=True)
+            ]
+        else:
+            error[use_code] = "this questionnaire matches by token only: a partnership id is not enough"
+        pending &= ~use_code
+
+    emails = cells["email"].astype(str).str.strip().str.lower()
+    use_email = pending & (emails != "")
+    if use_email.any():
+        if "email" in match_by:
+            found = emails[use_email].map(directory.emails)
+            ok = found.notna() & (found != AMBIGUOUS)
+            partnership[ok[ok].index] = found[ok].astype("int64")
+            matched_by[ok[ok].index] = "email"
+            bad = emails[use_email][~ok]
+            error[bad.index] = [
+                f"e-mail {email} belongs to more than one partnership"
+                if directory.emails.get(email) == AMBIGUOUS
+                else f"unknown e-mail {email}"
+                for email in bad.tolist()
+            ]
+        else:
+            error[use_email] = "this questionnaire does not match responses by e-mail"
+        pending &= ~use_email
+
+    error[pending & (error == "")] = "no token, partnership id or e-mail to identify the partnership"
+    return pd.DataFrame({"partnership": partnership, "matched_by": matched_by, "match_error": error}, index=index)

@@ -1,0 +1,405 @@
+"""Read survey exports into one canonical table of strings, whatever tool produced them.
+
+Layouts (see shared DOMAIN.md):
+
+- ``limesurvey``: CSV or XLSX with a ``token`` column, ``submitdate`` (empty for incomplete answers) and one
+  column per multi-select option named ``code[OPTION]`` holding ``Y`` or nothing;
+- ``eusurvey``: XLSX with a few metadata rows above the header and a ``Contribution Id`` column;
+- ``plain``: CSV, XLSX or JSON lines with one column per question code (or its label) and multi-select answers
+  separated by ``;``.
+
+CSV files may be UTF-8, UTF-8 with a BOM or cp1252, comma- or semicolon-separated: both are detected and
+reported. Every cell is read as a string, exactly as exported (``""`` for an empty cell), so that the raw row can
+be kept unchanged; typing happens later in :mod:`consult.ingest.normalise`.
+
+The canonical table (``ResponseFile.cells``) has the columns ``token``, ``partnership_id``, ``email``,
+``submitted_at`` (each ``""`` when the file has no such column), ``complete`` (a submit date is given, or the
+file has no submit-date column at all) and one column per question code present in the file, multi-select
+answers joined with ``;``. Its index is the row number as a spreadsheet shows it (the header is
+row 1 in a plain CSV).
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import re
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from consult.errors import ConsultError
+from consult.questionnaire import Questionnaire
+
+Layout = Literal["plain", "limesurvey", "eusurvey"]
+FileFormat = Literal["csv", "xlsx", "jsonl"]
+
+IDENTITY_FIELDS = ("token", "partnership_id", "email", "submitted_at")
+
+# Header spellings of the identifying columns, compared after _normalise_header.
+_IDENTITY_ALIASES: dict[str, set[str]] = {
+    "token": {"token", "accesstoken", "accesscode", "invitationtoken"},
+    "partnership_id": {"partnershipid", "partnership", "partnershipcode", "partnercode"},
+    "email": {"email", "emailaddress", "contactemail", "mail"},
+    "submitted_at": {"submittedat", "submitdate", "datesubmitted", "submissiondate", "submitted"},
+}
+_SELECTED = {"y", "yes", "1", "x", "true"}
+_NOT_SELECTED = {"", "n", "no", "0", "false"}
+_OPTION_COLUMN = re.compile(r"^(?P<code>[^\[\]]+)\[(?P<option>[^\[\]]+)\]$")
+_EUSURVEY_MARKER = "contributionid"
+_MAX_METADATA_ROWS = 30
+
+
+@dataclass
+class ResponseFile:
+    """A response file as read: its identity, how it was read, its raw cells and the canonical cells."""
+
+    path: str
+    name: str
+    sha256: str
+    size_bytes: int
+    file_format: FileFormat
+    layout: Layout
+    encoding: str | None
+    delimiter: str | None
+    raw: pd.DataFrame
+    cells: pd.DataFrame
+    question_columns: dict[str, list[str]]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def row_count(self) -> int:
+        return len(self.raw)
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def read_response_file(path: Path | str, questionnaire: Questionnaire) -> ResponseFile:
+    """Read one export; any problem that stops reading is one ConsultError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConsultError(f"{path}: file not found")
+    sha256, size = file_digest(path)
+    if size == 0:
+        raise ConsultError(f"{path}: the file is empty (not even a header row)")
+    suffix = path.suffix.lower()
+    if suffix in (".xlsx", ".xlsm"):
+        table, header_row, notes = _read_xlsx(path)
+        file_format: FileFormat = "xlsx"
+        encoding = delimiter = None
+    elif suffix in (".jsonl", ".ndjson"):
+        table, header_row, notes = _read_jsonl(path)
+        file_format, encoding, delimiter = "jsonl", "utf-8", None
+    else:
+        encoding, delimiter = detect_csv_dialect(path)
+        table, header_row, notes = _read_csv(path, encoding, delimiter)
+        file_format = "csv"
+    table.index = pd.RangeIndex(header_row + 1, header_row + 1 + len(table), name="row_number")
+    layout = _detect_layout(table)
+    cells, question_columns, mapping_notes = _canonical_cells(path, table, questionnaire, layout)
+    return ResponseFile(
+        path=str(path),
+        name=path.name,
+        sha256=sha256,
+        size_bytes=size,
+        file_format=file_format,
+        layout=layout,
+        encoding=encoding,
+        delimiter=delimiter,
+        raw=table,
+        cells=cells,
+        question_columns=question_columns,
+        notes=notes + mapping_notes,
+    )
+
+
+# --- CSV ---------------------------------------------------------------------------------------------------
+
+
+def detect_csv_dialect(path: Path) -> tuple[str, str]:
+    """(encoding, delimiter) of a CSV file: UTF-8 with BOM, UTF-8, else cp1252; ``,`` or ``;``."""
+    with path.open("rb") as handle:
+        head = handle.read(64 * 1024)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in head:
+        raise ConsultError(f"{path}: not a text file in UTF-8 or cp1252 (NUL bytes: UTF-16 or binary?)")
+    if head.startswith(codecs.BOM_UTF8):
+        encoding = "utf-8-sig"
+    elif _decodes(path, "utf-8"):
+        encoding = "utf-8"
+    elif _decodes(path, "cp1252"):
+        encoding = "cp1252"
+    else:
+        raise ConsultError(f"{path}: the text is neither UTF-8 nor cp1252; save it as UTF-8 CSV")
+    header = head.decode(encoding, errors="replace").lstrip("\ufeff").splitlines()[0] if head.strip() else ""
+    unquoted = re.sub(r'"[^"]*"', "", header)
+    delimiter = ";" if unquoted.count(";") > unquoted.count(",") else ","
+    return encoding, delimiter
+
+
+def _decodes(path: Path, encoding: str) -> bool:
+    decoder = codecs.getincrementaldecoder(encoding)()
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(8 << 20):
+                decoder.decode(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _read_csv(path: Path, encoding: str, delimiter: str) -> tuple[pd.DataFrame, int, list[str]]:
+    try:
+        with warnings.catch_warnings():
+            # A row longer than the header would otherwise silently become the index or lose cells.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            table = pd.read_csv(
+                path,
+                index_col=False,
+                sep=delimiter,
+                encoding=encoding,
+                dtype=str,
+                keep_default_na=False,
+                na_filter=False,
+                skip_blank_lines=True,
+                engine="c",
+            )
+    except pd.errors.EmptyDataError:
+        raise ConsultError(f"{path}: the file is empty (not even a header row)") from None
+    except pd.errors.ParserWarning:
+        raise ConsultError(f"{path}: not a readable CSV file (a row has more cells than the header)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+        raise ConsultError(f"{path}: not a readable CSV file ({str(error).strip().splitlines()[0]})") from None
+    table = table.fillna("")
+    table.columns = [str(column).strip() for column in table.columns]
+    _refuse_duplicate_headers(path, table)
+    notes = [f"read as CSV, encoding {encoding}, delimiter {delimiter!r}"]
+    return table, 1, notes
+
+
+# --- XLSX --------------------------------------------------------------------------------------------------
+
+
+def _read_xlsx(path: Path) -> tuple[pd.DataFrame, int, list[str]]:
+    # openpyxl parses with defusedxml when it is installed, which refuses entity declarations (billion laughs).
+    import openpyxl
+    from defusedxml import DefusedXmlException
+
+    try:
+        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        try:
+            sheet = workbook.worksheets[0]
+            rows = [[_xlsx_cell(value) for value in row] for row in sheet.iter_rows(values_only=True)]
+        finally:
+            workbook.close()
+    except Exception as error:  # noqa: BLE001 - openpyxl wraps zip, XML and defusedxml errors in its own types
+        refused = _entity_refusal(error, DefusedXmlException)
+        if refused is not None:
+            raise ConsultError(
+                f"{path}: refused: the XLSX contains XML entity declarations ({type(refused).__name__}), "
+                "which a survey tool never writes; re-export the file"
+            ) from None
+        if isinstance(error, zipfile.BadZipFile | KeyError | OSError | ValueError | TypeError):
+            raise ConsultError(f"{path}: not a readable XLSX file ({str(error).strip().splitlines()[0]})") from None
+        raise ConsultError(f"{path}: not a readable XLSX file ({type(error).__name__}: {error})") from None
+    rows = [row for row in rows if any(cell != "" for cell in row)] if rows else []
+    if not rows:
+        raise ConsultError(f"{path}: the workbook's first sheet is empty (not even a header row)")
+    header_index = _find_header_row(rows)
+    header = [cell.strip() for cell in rows[header_index]]
+    width = len(header)
+    body = [(row + [""] * width)[:width] for row in rows[header_index + 1 :]]
+    table = pd.DataFrame(body, columns=header, dtype=str) if body else pd.DataFrame(columns=header, dtype=str)
+    _refuse_duplicate_headers(path, table)
+    notes = ["read as XLSX (first sheet)"]
+    if header_index:
+        notes.append(f"skipped {header_index} metadata row(s) above the header")
+    return table, header_index + 1, notes
+
+
+def _entity_refusal(error: BaseException, refusal_type: type[BaseException]) -> BaseException | None:
+    """The defusedxml refusal behind an openpyxl error, if that is what it is."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, refusal_type):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _find_header_row(rows: list[list[str]]) -> int:
+    """EUSurvey puts a few metadata rows above the header: the header is the row naming ``Contribution Id``."""
+    for index, row in enumerate(rows[:_MAX_METADATA_ROWS]):
+        if any(_normalise_header(cell) == _EUSURVEY_MARKER for cell in row):
+            return index
+    return 0
+
+
+def _xlsx_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+# --- JSON lines --------------------------------------------------------------------------------------------
+
+
+def _read_jsonl(path: Path) -> tuple[pd.DataFrame, int, list[str]]:
+    records: list[dict[str, str]] = []
+    try:
+        with path.open(encoding="utf-8-sig") as handle:
+            for line_number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ConsultError(f"{path}: line {line_number} is not valid JSON ({error.msg})") from None
+                if not isinstance(record, dict):
+                    raise ConsultError(f"{path}: line {line_number} is not a JSON object")
+                records.append({str(key): _json_cell(value) for key, value in record.items()})
+    except UnicodeDecodeError:
+        raise ConsultError(f"{path}: JSON lines must be UTF-8") from None
+    if not records:
+        raise ConsultError(f"{path}: the file holds no JSON record")
+    table = pd.DataFrame.from_records(records).fillna("").astype(str)
+    _refuse_duplicate_headers(path, table)
+    return table, 0, ["read as JSON lines"]
+
+
+def _json_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ";".join(_json_cell(item) for item in value)
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+# --- mapping columns to question codes -----------------------------------------------------------------------
+
+
+def _normalise_header(text: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "", str(text).lstrip("\ufeff").lower())
+
+
+def _refuse_duplicate_headers(path: Path, table: pd.DataFrame) -> None:
+    seen: set[str] = set()
+    for column in table.columns:
+        if column in seen and column:
+            raise ConsultError(f"{path}: the column {column!r} appears twice in the header")
+        seen.add(column)
+
+
+def _detect_layout(table: pd.DataFrame) -> Layout:
+    normalised = {_normalise_header(column) for column in table.columns}
+    if _EUSURVEY_MARKER in normalised:
+        return "eusurvey"
+    if "token" in normalised or "submitdate" in normalised or any(_OPTION_COLUMN.match(c) for c in table.columns):
+        return "limesurvey"
+    return "plain"
+
+
+def _canonical_cells(
+    path: Path, table: pd.DataFrame, questionnaire: Questionnaire, layout: Layout
+) -> tuple[pd.DataFrame, dict[str, list[str]], list[str]]:
+    by_name: dict[str, str] = {}
+    for question in questionnaire.questions:
+        by_name.setdefault(_normalise_header(question.code), question.code)
+        by_name.setdefault(_normalise_header(question.label), question.code)
+    identity_of = {alias: name for name, aliases in _IDENTITY_ALIASES.items() for alias in aliases}
+
+    identity: dict[str, str] = {}
+    single: dict[str, str] = {}
+    options: dict[str, list[tuple[str, str]]] = {}
+    unused: list[str] = []
+    for column in table.columns:
+        key = _normalise_header(column)
+        option_match = _OPTION_COLUMN.match(column)
+        if key in identity_of and identity_of[key] not in identity:
+            identity[identity_of[key]] = column
+        elif key in by_name and by_name[key] not in single:
+            single[by_name[key]] = column
+        elif option_match and _normalise_header(option_match["code"]) in by_name:
+            code = by_name[_normalise_header(option_match["code"])]
+            options.setdefault(code, []).append((option_match["option"].strip(), column))
+        else:
+            unused.append(column)
+
+    question_columns: dict[str, list[str]] = {code: [column] for code, column in single.items()}
+    for code, pairs in options.items():
+        question_columns.setdefault(code, []).extend(column for _, column in pairs)
+    if not question_columns:
+        raise ConsultError(
+            f"{path}: no recognisable question column (expected some of {', '.join(questionnaire.codes)}); "
+            f"the header has {', '.join(map(str, table.columns[:8])) or 'no column'}"
+        )
+    if not {"token", "partnership_id", "email"} & identity.keys():
+        raise ConsultError(f"{path}: no column identifies the partnership (expected token, partnership_id or email)")
+
+    empty = pd.Series("", index=table.index, dtype=str)
+    canonical: dict[str, pd.Series] = {}
+    for name in IDENTITY_FIELDS:
+        canonical[name] = table[identity[name]].str.strip() if name in identity else empty
+    for question in questionnaire.questions:
+        code = question.code
+        if code in single and code not in options:
+            canonical[code] = table[single[code]]
+        elif code in options:
+            canonical[code] = _join_option_columns(table, options[code], single.get(code))
+    notes: list[str] = [f"layout {layout}"]
+    if unused:
+        shown = ", ".join(unused[:10]) + (f" and {len(unused) - 10} more" if len(unused) > 10 else "")
+        notes.append(f"ignored {len(unused)} column(s) that match no question: {shown}")
+    missing = [code for code in questionnaire.codes if code not in question_columns]
+    if missing:
+        notes.append(f"no column for question(s) {', '.join(missing)}: answers taken as empty")
+    if "submitted_at" not in identity:
+        notes.append("no submit-date column: every row is taken as a complete submission")
+    cells = pd.DataFrame(canonical, index=table.index)
+    cells["complete"] = (cells["submitted_at"] != "") if "submitted_at" in identity else True
+    return cells, question_columns, notes
+
+
+def _join_option_columns(table: pd.DataFrame, pairs: list[tuple[str, str]], free_column: str | None) -> pd.Series:
+    """LimeSurvey's one column per option (``Y`` or empty) -> ``OPT1;OPT2``; other cell values are kept as
+    ``OPT=value`` so that validation shows them instead of silently dropping them."""
+    parts: list[pd.Series] = []
+    for option, column in pairs:
+        cell = table[column].str.strip()
+        lowered = cell.str.lower()
+        part = pd.Series("", index=table.index, dtype=object)
+        part[lowered.isin(_SELECTED)] = option
+        odd = ~lowered.isin(_SELECTED | _NOT_SELECTED)
+        part[odd] = option + "=" + cell[odd]
+        parts.append(part)
+    if free_column is not None:
+        parts.append(table[free_column].astype(object))
+    joined = pd.Series("", index=table.index, dtype=object)
+    for part in parts:
+        joined = joined.where(part == "", joined.where(joined == "", joined + ";") + part)
+    return joined.astype(str)

@@ -1,0 +1,361 @@
+"""Store one validated response file in one transaction, and review quarantined rows.
+
+What a file leaves in the database:
+
+- one ``ingested_files`` row (sha256, name, size, row count, layout, encoding, delimiter, and a small report);
+  ingesting the same bytes again for the same round is a no-op;
+- one ``responses`` row per row that matched a partnership and failed no error-severity expectation, with
+  ``raw`` = the cells exactly as exported ({column: string}) and ``answers`` = the typed values. ``answers`` is
+  the shape the indicators read::
+
+      {question_code: value}   # a list of option codes for multi_select  (["US", "JP"])
+                               # an int for integer, a float for number, a bool for yes_no,
+                               # a str for single_select and text (text exactly as written),
+                               # None when unanswered
+
+  ``status`` is ``accepted`` (the latest complete submission of a partnership, the only one counted),
+  ``superseded`` (an earlier submission, kept for history) or ``partial`` (no submit date: kept, never counted);
+  ``warnings`` lists the warning-severity findings ({expectation, rule, column, severity, value, message});
+- one ``quarantined_rows`` row per row that failed an error-severity expectation or matched no partnership,
+  with the raw cells and the reasons (expectation, offending value, message), for an analyst to accept or reject.
+
+Rows are written with the driver's bulk path (:mod:`db.bulk`), never one ORM object per row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy.orm import Session
+
+from consult.errors import ConsultError
+from consult.ingest.normalise import Reason
+from db.bulk import bulk_insert, timestamp_format
+from db.models import IngestedFile, Partnership, QuarantinedRow, Response, Round
+
+RESPONSE_COLUMNS = (
+    "round_id", "file_id", "row_number", "partnership_id", "matched_by", "submitted_at", "status", "raw", "answers",
+    "warnings", "created_at",
+)
+QUARANTINE_COLUMNS = ("round_id", "file_id", "row_number", "partnership_id", "raw", "reasons", "status", "created_at")
+CHUNK_ROWS = 50_000
+
+
+@dataclass
+class FileSummary:
+    """What happened to one file; the CLI prints these counts."""
+
+    name: str
+    sha256: str
+    rows: int = 0
+    accepted: int = 0
+    superseded: int = 0
+    partial: int = 0
+    quarantined: int = 0
+    warnings: int = 0
+    skipped_as_duplicate_file: bool = False
+    replaced_earlier: int = 0
+    layout: str = ""
+    encoding: str | None = None
+    delimiter: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class IngestSummary:
+    year: int
+    files: list[FileSummary] = field(default_factory=list)
+
+    def total(self, name: str) -> int:
+        return sum(int(getattr(summary, name)) for summary in self.files)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"year": self.year, "files": [asdict(summary) for summary in self.files]}
+
+
+@dataclass
+class RowsToStore:
+    """One file's rows after matching and validation, aligned on the row number (the index)."""
+
+    raw: pd.DataFrame
+    complete: pd.Series
+    partnership: pd.Series
+    matched_by: pd.Series
+    match_error: pd.Series
+    submitted_at: pd.Series
+    answers: pd.Series
+    errors: dict[int, list[Reason]]
+    warnings: dict[int, list[Reason]]
+
+
+def _utc(value: Any) -> pd.Timestamp:
+    if value is None or pd.isna(value):
+        return pd.NaT
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def decide_statuses(
+    connection: Connection, round_id: int, rows: RowsToStore, stored: pd.Series
+) -> tuple[pd.Series, list[int]]:
+    """Status of each stored row, and the ids of earlier accepted responses that these rows supersede.
+
+    The latest complete submission of a partnership wins (by submit date, then by file order); on equal dates
+    the later file wins, so a cumulative re-export takes over without changing any answer.
+    """
+    status = pd.Series("partial", index=rows.raw.index, dtype=object)
+    complete = stored & rows.complete
+    candidates = pd.DataFrame(
+        {"partnership": rows.partnership[complete].astype("int64"), "ts": rows.submitted_at[complete],
+         "row": rows.raw.index[complete]},
+        index=rows.raw.index[complete],
+    ).sort_values(["partnership", "ts", "row"], na_position="first")
+    latest = ~candidates["partnership"].duplicated(keep="last")
+    status[candidates.index[~latest]] = "superseded"
+    winners = candidates[latest]
+    status[winners.index] = "accepted"
+    earlier: list[int] = []
+    if len(winners):
+        existing = connection.execute(
+            select(Response.id, Response.partnership_id, Response.submitted_at).where(
+                Response.round_id == round_id, Response.status == "accepted"
+            )
+        ).all()
+        by_partnership = {partnership_id: (response_id, _utc(ts)) for response_id, partnership_id, ts in existing}
+        if by_partnership:
+            winner_ts = dict(zip(winners["partnership"].tolist(), winners["ts"].tolist(), strict=True))
+            winner_row = dict(zip(winners["partnership"].tolist(), winners.index.tolist(), strict=True))
+            for partnership_id, (response_id, old_ts) in by_partnership.items():
+                if partnership_id not in winner_ts:
+                    continue
+                new_ts = winner_ts[partnership_id]
+                if pd.isna(new_ts) or pd.isna(old_ts) or new_ts >= old_ts:
+                    earlier.append(response_id)
+                else:
+                    status[winner_row[partnership_id]] = "superseded"
+    return status, earlier
+
+
+def _json_lines(frame: pd.DataFrame) -> list[str]:
+    if frame.empty:
+        return []
+    if len(frame.columns) == 0:
+        return ["{}"] * len(frame)
+    return frame.to_json(orient="records", lines=True, force_ascii=False).splitlines()
+
+
+def _chunks(length: int) -> Iterator[slice]:
+    for start in range(0, length, CHUNK_ROWS):
+        yield slice(start, min(start + CHUNK_ROWS, length))
+
+
+def write_rows(
+    connection: Connection, *, round_id: int, file_id: int, rows: RowsToStore, now: dt.datetime | None = None
+) -> dict[str, int]:
+    """Write the responses and quarantined rows of one file; returns counts by outcome."""
+    now_text = (now or dt.datetime.now(dt.UTC)).strftime(timestamp_format(connection))
+    quarantined = (rows.match_error != "") | rows.raw.index.isin(list(rows.errors))
+    quarantined = pd.Series(quarantined, index=rows.raw.index)
+    stored = ~quarantined
+    status, earlier = decide_statuses(connection, round_id, rows, stored)
+    if earlier:
+        connection.execute(
+            update(Response).where(Response.id.in_(earlier)).values(status="superseded"),
+        )
+    ts_format = timestamp_format(connection)
+    submitted_text = rows.submitted_at.dt.strftime(ts_format).astype(object)
+    submitted_text = submitted_text.where(rows.submitted_at.notna(), None)
+    # Partial rows are not validated, so their warnings are the normaliser's only; all others carry both.
+    warning_rows = set(rows.warnings)
+
+    def response_rows(part: slice) -> Iterator[tuple[Any, ...]]:
+        index = rows.raw.index[part]
+        keep = stored.iloc[part].to_numpy()
+        index = index[keep]
+        if len(index) == 0:
+            return
+        raw_json = _json_lines(rows.raw.loc[index])
+        warnings_json = [json.dumps(rows.warnings[r], ensure_ascii=False) if r in warning_rows else "[]"
+                         for r in index.tolist()]
+        yield from zip(
+            [round_id] * len(index),
+            [file_id] * len(index),
+            index.tolist(),
+            rows.partnership[index].astype("int64").tolist(),
+            rows.matched_by[index].tolist(),
+            submitted_text[index].tolist(),
+            status[index].tolist(),
+            raw_json,
+            rows.answers[index].tolist(),
+            warnings_json,
+            [now_text] * len(index),
+            strict=True,
+        )
+
+    def all_response_rows() -> Iterator[tuple[Any, ...]]:
+        for part in _chunks(len(rows.raw)):
+            yield from response_rows(part)
+
+    bulk_insert(connection, "responses", RESPONSE_COLUMNS, all_response_rows())
+
+    quarantined_index = rows.raw.index[quarantined.to_numpy()]
+    if len(quarantined_index):
+        raw_json = _json_lines(rows.raw.loc[quarantined_index])
+        quarantine_rows = []
+        for row_number, raw_text in zip(quarantined_index.tolist(), raw_json, strict=True):
+            reasons = list(rows.errors.get(row_number, []))
+            if rows.match_error[row_number]:
+                reasons.insert(0, _match_reason(rows, row_number))
+            partnership = rows.partnership[row_number]
+            quarantine_rows.append(
+                (round_id, file_id, row_number, None if pd.isna(partnership) else int(partnership), raw_text,
+                 json.dumps(reasons, ensure_ascii=False), "open", now_text)
+            )
+        bulk_insert(connection, "quarantined_rows", QUARANTINE_COLUMNS, quarantine_rows)
+
+    counts = status[stored].value_counts().to_dict()
+    return {
+        "rows": len(rows.raw),
+        "accepted": int(counts.get("accepted", 0)),
+        "superseded": int(counts.get("superseded", 0)),
+        "partial": int(counts.get("partial", 0)),
+        "quarantined": int(quarantined.sum()),
+        "warnings": int(sum(1 for row in warning_rows if row in stored.index and stored[row])),
+        "replaced_earlier": len(earlier),
+    }
+
+
+def _match_reason(rows: RowsToStore, row_number: int) -> Reason:
+    return {
+        "expectation": "match_partnership",
+        "rule": "match",
+        "column": "partnership",
+        "severity": "error",
+        "value": _identity_value(rows.raw.loc[row_number]),
+        "message": str(rows.match_error[row_number]),
+    }
+
+
+def _identity_value(raw_row: pd.Series) -> str:
+    for column in raw_row.index:
+        key = "".join(ch for ch in str(column).lower() if ch.isalnum())
+        if key in ("partnershipid", "partnership", "email", "emailaddress"):
+            if str(raw_row[column]).strip():
+                return str(raw_row[column]).strip()
+    for column in raw_row.index:
+        if str(column).strip().lower() == "token" and str(raw_row[column]).strip():
+            token = str(raw_row[column]).strip()
+            return f"token …{token[-4:]}" if len(token) > 4 else "token"
+    return ""
+
+
+def store_file(
+    engine: Engine,
+    *,
+    year: int,
+    sha256: str,
+    name: str,
+    size_bytes: int,
+    layout: str,
+    encoding: str | None,
+    delimiter: str | None,
+    report: dict[str, Any],
+    rows: RowsToStore,
+) -> FileSummary:
+    """Store one file in one transaction: all of it, or nothing."""
+    summary = FileSummary(name=name, sha256=sha256, layout=layout, encoding=encoding, delimiter=delimiter)
+    with engine.begin() as connection:
+        round_id = connection.scalar(select(Round.id).where(Round.year == year))
+        if round_id is None:
+            raise ConsultError(f"{name}: round {year} does not exist")
+        existing = connection.scalar(
+            select(IngestedFile.id).where(IngestedFile.round_id == round_id, IngestedFile.sha256 == sha256)
+        )
+        if existing is not None:
+            summary.skipped_as_duplicate_file = True
+            return summary
+        file_id = connection.execute(
+            insert(IngestedFile).values(
+                round_id=round_id, sha256=sha256, name=name[:500], size_bytes=size_bytes, row_count=len(rows.raw),
+                layout=layout, encoding=encoding, delimiter=delimiter, report=report,
+            ).returning(IngestedFile.id)
+        ).scalar_one()
+        counts = write_rows(connection, round_id=round_id, file_id=file_id, rows=rows)
+    for key, value in counts.items():
+        setattr(summary, key, value)
+    return summary
+
+
+def is_already_ingested(engine: Engine, year: int, sha256: str) -> bool:
+    with engine.connect() as connection:
+        return (
+            connection.scalar(
+                select(IngestedFile.id)
+                .join(Round, Round.id == IngestedFile.round_id)
+                .where(Round.year == year, IngestedFile.sha256 == sha256)
+            )
+            is not None
+        )
+
+
+# --- quarantine review -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuarantineEntry:
+    id: int
+    file: str
+    row_number: int
+    partnership: str | None
+    status: str
+    reasons: list[Reason]
+    raw: dict[str, Any]
+    review_note: str | None
+
+
+def list_quarantine(session: Session, year: int, *, status: str | None = "open") -> list[QuarantineEntry]:
+    query = (
+        select(QuarantinedRow, IngestedFile.name, Partnership.code)
+        .join(Round, Round.id == QuarantinedRow.round_id)
+        .join(IngestedFile, IngestedFile.id == QuarantinedRow.file_id)
+        .outerjoin(Partnership, Partnership.id == QuarantinedRow.partnership_id)
+        .where(Round.year == year)
+        .order_by(QuarantinedRow.id)
+    )
+    if status:
+        query = query.where(QuarantinedRow.status == status)
+    return [
+        QuarantineEntry(
+            id=row.id, file=file_name, row_number=row.row_number, partnership=code, status=row.status,
+            reasons=list(row.reasons), raw=dict(row.raw), review_note=row.review_note,
+        )
+        for row, file_name, code in session.execute(query).all()
+    ]
+
+
+def get_quarantined(session: Session, year: int, row_id: int) -> QuarantinedRow:
+    row = session.scalar(
+        select(QuarantinedRow).join(Round, Round.id == QuarantinedRow.round_id).where(
+            Round.year == year, QuarantinedRow.id == row_id
+        )
+    )
+    if row is None:
+        raise ConsultError(f"round {year} has no quarantined row {row_id}: see `consult quarantine list {year}`")
+    return row
+
+
+def reject_quarantined(session: Session, year: int, row_id: int, *, note: str | None = None) -> QuarantinedRow:
+    """Keep the row out for good (it stays in the table, marked rejected, with the analyst's note)."""
+    row = get_quarantined(session, year, row_id)
+    if row.status == "accepted":
+        raise ConsultError(f"quarantined row {row_id} was already accepted as response {row.response_id}")
+    row.status = "rejected"
+    row.reviewed_at = dt.datetime.now(dt.UTC)
+    row.review_note = note
+    return row

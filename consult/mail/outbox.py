@@ -1,0 +1,481 @@
+"""The outbox: one row per message, so that "each partnership gets exactly one" is a database fact.
+
+Life of a row: ``pending`` (planned) -> ``sending`` (claimed by one run, committed *before* the provider is
+called) -> ``sent`` | ``failed`` (refused for good, with the reason) | ``skipped`` (no longer eligible: answered,
+contact bounced or unsubscribed, round closed). A run that dies after the provider accepted a batch but before
+it recorded so leaves rows in ``sending``; once their lease has run out they become ``unknown`` and are
+reconciled from webhook events (which carry the outbox id), never sent again blindly.
+
+Claiming is one ``UPDATE ... WHERE state = 'pending' RETURNING id``: two concurrent runs never both get a row
+(PostgreSQL re-checks the condition after waiting for the other's row lock; SQLite serialises writers).
+Every transaction here starts with a write, so SQLite never has to upgrade a stale read snapshot.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import (
+    DateTime,
+    Engine,
+    Integer,
+    String,
+    and_,
+    bindparam,
+    cast,
+    exists,
+    func,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from consult.errors import ConsultError
+from consult.mail.message import Address, BatchResult, OutgoingBatch, Recipient
+from consult.mail.render import BatchContext, RecipientValues, recipient_substitutions, render_content
+from consult.tokens import derive_token, response_link
+from db.models import (
+    Contact,
+    DeliveryEvent,
+    OutboxMessage,
+    Partnership,
+    Response,
+    Round,
+    RoundParticipant,
+    utcnow,
+)
+
+KINDS_FOR_NON_RESPONDENTS = ("invitation", "reminder")
+STATES = ("pending", "sending", "sent", "failed", "unknown", "skipped")
+# A batch is handed to the provider within seconds; a row still `sending` after this long belongs to a dead run.
+SENDING_LEASE = dt.timedelta(minutes=15)
+# Webhook events that prove the provider took the message.
+ACCEPTED_EVENTS = ("processed", "delivered", "deferred", "bounce", "open", "click", "spamreport", "unsubscribe",
+                   "group_unsubscribe", "group_resubscribe")
+
+outbox = OutboxMessage.__table__
+contacts = Contact.__table__
+partnerships = Partnership.__table__
+participants = RoundParticipant.__table__
+responses = Response.__table__
+rounds = Round.__table__
+events = DeliveryEvent.__table__
+
+
+@dataclass(frozen=True)
+class MailReport:
+    """What the outbox holds for one round, kind and sequence after a run (the CLI prints it)."""
+
+    year: int
+    kind: str
+    sequence: int | None
+    planned: int = 0
+    sent: int = 0
+    skipped: int = 0
+    failed: int = 0
+    unknown: int = 0
+    pending: int = 0
+    sending: int = 0
+    note: str = ""
+
+    def __str__(self) -> str:
+        if self.sequence is None:
+            return self.note or "nothing due"
+        text = (f"{self.planned} planned: {self.sent} sent, {self.skipped} skipped, {self.failed} failed, "
+                f"{self.unknown} unknown")
+        if self.pending or self.sending:
+            text += f", {self.pending} pending, {self.sending} sending"
+        return text + (f" ({self.note})" if self.note else "")
+
+
+@dataclass(frozen=True)
+class PlannedMail:
+    round_id: int
+    kind: str
+    sequence: int
+    created: int
+    batch_keys: list[str]
+
+
+@dataclass(frozen=True)
+class ClaimedBatch:
+    batch: OutgoingBatch
+    claimed_ids: list[int]
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    batch_key: str
+    claimed: int
+    sent: int
+    failed: int
+    unknown: int
+    released: int
+    skipped: int = 0
+
+
+def _insert(engine: Engine):  # type: ignore[no-untyped-def]
+    """INSERT ... ON CONFLICT DO NOTHING on both databases."""
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    return dialect.insert(outbox).on_conflict_do_nothing()
+
+
+def _round_row(engine: Engine, year: int):  # type: ignore[no-untyped-def]
+    with engine.connect() as connection:
+        row = connection.execute(
+            select(rounds.c.id, rounds.c.status, rounds.c.closes_on, rounds.c.reminder_days).where(rounds.c.year == year)
+        ).first()
+    if row is None:
+        raise ConsultError(f"round {year} does not exist: open it with `consult round open {year} --questionnaire FILE`")
+    return row
+
+
+def _answered():  # type: ignore[no-untyped-def]
+    """SQL condition: the outbox row's partnership has an accepted response in its round."""
+    return exists().where(
+        responses.c.round_id == outbox.c.round_id,
+        responses.c.partnership_id == outbox.c.partnership_id,
+        responses.c.status == "accepted",
+    )
+
+
+def due_reminder(status: str, closes_on: dt.date, schedule: Sequence[int], today: dt.date, *, force: bool) -> int | None:
+    """The sequence number of the reminder due ``today``: its number of days before closing, or None.
+
+    The sequence is the number of days before ``closes_on`` the reminder belongs to, so a scheduled run that comes
+    back the same day (or any day before the next reminder) finds it already planned and sends nothing new, and
+    ``force`` on the day of a scheduled reminder is that same reminder. A forced reminder is
+    ``(closes_on - today).days`` (negative once the closing date has passed: an operator may still remind while
+    the round is open). A closed round has none; the schedule has none after the closing date.
+    """
+    if status != "open":
+        return None
+    days_left = (closes_on - today).days
+    if force:
+        return days_left
+    if days_left < 0:
+        return None
+    reached = [days for days in schedule if days >= days_left]
+    return min(reached) if reached else None
+
+
+def reminder_sequence(engine: Engine, year: int, *, force: bool, today: dt.date) -> int | None:
+    row = _round_row(engine, year)
+    return due_reminder(row.status, row.closes_on, list(row.reminder_days or []), today, force=force)
+
+
+def plan(engine: Engine, *, year: int, kind: str, sequence: int, batch_size: int = 1000) -> PlannedMail:
+    """Add a pending row for every eligible contact not planned yet, in batches of one language, and return
+    the keys of every batch that still has pending rows."""
+    if not 1 <= batch_size <= 1000:
+        raise ConsultError(f"batch size {batch_size}: SendGrid takes 1 to 1,000 recipients per request")
+    round_row = _round_row(engine, year)
+    round_id = round_row.id
+    now = utcnow()
+    with engine.begin() as connection:
+        if round_row.status != "open" and kind in KINDS_FOR_NON_RESPONDENTS:
+            _skip_pending(connection, round_id, kind, sequence, "round closed")
+            return PlannedMail(round_id, kind, sequence, 0, [])
+        answered = exists().where(
+            responses.c.round_id == round_id,
+            responses.c.partnership_id == participants.c.partnership_id,
+            responses.c.status == "accepted",
+        )
+        already = exists().where(
+            outbox.c.round_id == round_id,
+            outbox.c.partnership_id == participants.c.partnership_id,
+            outbox.c.contact_id == contacts.c.id,
+            outbox.c.kind == kind,
+            outbox.c.sequence == sequence,
+        )
+        language = func.coalesce(partnerships.c.language, "en")
+        # Batches of one language, numbered in order; the run token keeps keys of different plans apart.
+        number = (func.row_number().over(partition_by=language, order_by=(participants.c.partnership_id,
+                                                                         contacts.c.id)) - 1) // batch_size
+        batch_key = (literal(f"{year}:{kind}:{sequence}:", String) + language
+                     + literal(f":{uuid.uuid4().hex[:12]}-", String) + cast(number, String))
+        eligible = (
+            select(
+                literal(round_id, Integer), participants.c.partnership_id, contacts.c.id, literal(kind, String),
+                literal(sequence, Integer), literal("pending", String), contacts.c.email, batch_key,
+                literal(0, Integer), literal(now, DateTime(timezone=True)), literal(now, DateTime(timezone=True)),
+            )
+            .join(contacts, contacts.c.partnership_id == participants.c.partnership_id)
+            .join(partnerships, partnerships.c.id == participants.c.partnership_id)
+            .where(participants.c.round_id == round_id, contacts.c.status == "active", ~already)
+        )
+        eligible = eligible.where(answered) if kind == "thank_you" else eligible.where(~answered)
+        # INSERT ... SELECT: planning 100,000 rows never leaves the database. ON CONFLICT DO NOTHING: a planner
+        # running at the same time may have inserted some of them first.
+        created = connection.execute(_insert(engine).from_select(
+            ["round_id", "partnership_id", "contact_id", "kind", "sequence", "state", "recipient", "batch_key",
+             "attempts", "created_at", "updated_at"],
+            eligible,
+        )).rowcount
+        keys = connection.scalars(
+            select(outbox.c.batch_key)
+            .where(outbox.c.round_id == round_id, outbox.c.kind == kind, outbox.c.sequence == sequence,
+                   outbox.c.state == "pending")
+            .group_by(outbox.c.batch_key)
+            .order_by(func.min(outbox.c.id))
+        ).all()
+    return PlannedMail(round_id, kind, sequence, max(created, 0), [key for key in keys if key])
+
+
+def _skip_pending(connection, round_id: int, kind: str, sequence: int, reason: str) -> int:  # type: ignore[no-untyped-def]
+    return connection.execute(
+        update(outbox)
+        .where(outbox.c.round_id == round_id, outbox.c.kind == kind, outbox.c.sequence == sequence,
+               outbox.c.state == "pending")
+        .values(state="skipped", error=reason, updated_at=utcnow())
+    ).rowcount
+
+
+def claim(engine: Engine, batch_key: str, *, mail_from: str, url_template: str,
+          token_secret: bytes) -> ClaimedBatch | None:
+    """Re-check eligibility, then take the batch's pending rows for this run (``sending``, committed)."""
+    now = utcnow()
+    in_batch = and_(outbox.c.batch_key == batch_key, outbox.c.state == "pending")
+    with engine.begin() as connection:
+        skip = update(outbox).values(state="skipped", updated_at=now)
+        round_closed = exists().where(rounds.c.id == outbox.c.round_id, rounds.c.status != "open")
+        for_non_respondents = outbox.c.kind.in_(KINDS_FOR_NON_RESPONDENTS)
+        connection.execute(skip.where(in_batch, for_non_respondents, round_closed).values(error="round closed"))
+        connection.execute(
+            skip.where(in_batch, for_non_respondents, _answered()).values(error="partnership already answered")
+        )
+        connection.execute(
+            skip.where(in_batch, outbox.c.kind == "thank_you", ~_answered()).values(error="no accepted response")
+        )
+        contact_status = select(contacts.c.status).where(contacts.c.id == outbox.c.contact_id).scalar_subquery()
+        connection.execute(
+            skip.where(in_batch, contact_status != "active").values(error=literal("contact ", String) + contact_status)
+        )
+        claimed_ids = sorted(connection.scalars(
+            update(outbox).where(in_batch)
+            .values(state="sending", attempts=outbox.c.attempts + 1, updated_at=now, error=None)
+            .returning(outbox.c.id)
+        ).all())
+    if not claimed_ids:
+        return None
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(outbox.c.id, outbox.c.kind, outbox.c.recipient, contacts.c.first_name, contacts.c.last_name,
+                   partnerships.c.code, partnerships.c.name, partnerships.c.acronym, partnerships.c.language,
+                   rounds.c.year, rounds.c.closes_on, rounds.c.questionnaire_version_id)
+            .join(contacts, contacts.c.id == outbox.c.contact_id)
+            .join(partnerships, partnerships.c.id == outbox.c.partnership_id)
+            .join(rounds, rounds.c.id == outbox.c.round_id)
+            .where(outbox.c.id.in_(claimed_ids))
+            .order_by(outbox.c.id)
+        ).all()
+        from db.models import QuestionnaireVersion
+
+        title = connection.scalar(
+            select(QuestionnaireVersion.title).where(QuestionnaireVersion.id == rows[0].questionnaire_version_id)
+        )
+    first = rows[0]
+    sender = Address.parse(mail_from)
+    content = render_content(first.kind, BatchContext(
+        year=first.year, deadline=first.closes_on, consultation_title=title or "Consultation",
+        sender_name=sender.name or sender.email, language=first.language or "en",
+    ))
+    recipients = []
+    for row in rows:
+        link = response_link(url_template, derive_token(token_secret, row.year, row.code))
+        values = RecipientValues(
+            first_name=row.first_name or "", last_name=row.last_name or "", email=row.recipient,
+            partnership_name=row.name, partnership_acronym=row.acronym or "", partnership_code=row.code, link=link,
+        )
+        recipients.append(Recipient(
+            outbox_id=row.id, email=row.recipient, name=f"{row.first_name or ''} {row.last_name or ''}".strip(),
+            substitutions=recipient_substitutions(content, values),
+        ))
+    batch = OutgoingBatch(
+        batch_key=batch_key, kind=first.kind, sender=sender, content=content,
+        categories=(f"consultation-{first.year}", first.kind), recipients=recipients,
+    )
+    return ClaimedBatch(batch=batch, claimed_ids=claimed_ids)
+
+
+def record(engine: Engine, claimed: ClaimedBatch, result: BatchResult, *, ambiguous: Iterable[int] = (),
+           reason: str = "") -> BatchOutcome:
+    """Write what happened to a claimed batch, in one transaction. Rows neither accepted, refused nor ambiguous
+    were certainly not taken by the provider and go back to ``pending`` for the next attempt."""
+    now = utcnow()
+    ambiguous_ids = set(ambiguous)
+    settled = set(result.accepted) | set(result.rejected) | ambiguous_ids
+    released = [outbox_id for outbox_id in claimed.claimed_ids if outbox_id not in settled]
+    by_message_id: dict[str | None, list[int]] = {}
+    for outbox_id, message_id in result.accepted.items():
+        by_message_id.setdefault(message_id, []).append(outbox_id)
+    sending = and_(outbox.c.id.in_(bindparam("ids", expanding=True)), outbox.c.state == "sending")
+    with engine.begin() as connection:
+        # One statement per provider message id: SendGrid gives one per request, so usually one per batch.
+        for message_id, ids in by_message_id.items():
+            connection.execute(update(outbox).where(sending).values(
+                state="sent", provider_message_id=message_id, sent_at=now, updated_at=now, error=None),
+                {"ids": ids})
+        if result.rejected:
+            connection.execute(
+                update(outbox).where(outbox.c.id == bindparam("oid"), outbox.c.state == "sending")
+                .values(state="failed", error=bindparam("reason"), updated_at=now),
+                [{"oid": outbox_id, "reason": why[:2000]} for outbox_id, why in result.rejected.items()],
+            )
+        if ambiguous_ids:
+            connection.execute(update(outbox).where(sending).values(
+                state="unknown", error=f"no answer from the provider: {reason}"[:2000], updated_at=now),
+                {"ids": sorted(ambiguous_ids)})
+        if released:
+            connection.execute(update(outbox).where(sending).values(
+                state="pending", error=(reason or None), updated_at=now), {"ids": released})
+    return BatchOutcome(
+        batch_key=claimed.batch.batch_key, claimed=len(claimed.claimed_ids), sent=len(result.accepted),
+        failed=len(result.rejected), unknown=len(ambiguous_ids), released=len(released),
+    )
+
+
+def expire_sending(engine: Engine, *, year: int, older_than: dt.timedelta = SENDING_LEASE) -> int:
+    """Rows still ``sending`` after their lease belong to a run that died: they become ``unknown``."""
+    round_id = _round_row(engine, year).id
+    cutoff = utcnow() - older_than
+    with engine.begin() as connection:
+        return connection.execute(
+            update(outbox)
+            .where(outbox.c.round_id == round_id, outbox.c.state == "sending", outbox.c.updated_at <= cutoff)
+            .values(state="unknown", error="the sending run stopped before recording the provider's answer",
+                    updated_at=utcnow())
+        ).rowcount
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    confirmed_sent: int
+    confirmed_failed: int
+    released: int
+    still_unknown: int
+    unknown_ids: list[int] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (f"{self.confirmed_sent} confirmed sent, {self.confirmed_failed} confirmed not delivered, "
+                f"{self.released} released for sending, {self.still_unknown} still unknown")
+
+
+def reconcile(engine: Engine, *, year: int, stale_after: dt.timedelta = SENDING_LEASE,
+              release: bool = False) -> ReconcileReport:
+    """Resolve ``unknown`` rows from the webhook events recorded for them (by outbox id from ``custom_args``,
+    or by the provider's message id): an event that proves acceptance makes them ``sent``; ``dropped`` makes
+    them ``failed``. With ``release``, the rest go back to ``pending``: the operator has checked the provider's
+    activity feed and states they were not sent."""
+    expire_sending(engine, year=year, older_than=stale_after)
+    round_id = _round_row(engine, year).id
+    now = utcnow()
+    unknown = and_(outbox.c.round_id == round_id, outbox.c.state == "unknown")
+    by_outbox_id = exists().where(events.c.outbox_id == outbox.c.id, events.c.event.in_(ACCEPTED_EVENTS))
+    by_message_id = and_(
+        outbox.c.provider_message_id.is_not(None),
+        exists().where(events.c.provider_message_id.like(outbox.c.provider_message_id + "%"),
+                       events.c.email == outbox.c.recipient, events.c.event.in_(ACCEPTED_EVENTS)),
+    )
+    dropped = exists().where(events.c.outbox_id == outbox.c.id, events.c.event == "dropped")
+    with engine.begin() as connection:
+        sent = connection.execute(
+            update(outbox).where(unknown, by_outbox_id | by_message_id)
+            .values(state="sent", error=None, sent_at=now, updated_at=now)
+        ).rowcount
+        failed = connection.execute(
+            update(outbox).where(unknown, dropped)
+            .values(state="failed", error="dropped by the provider (webhook event)", updated_at=now)
+        ).rowcount
+        released = 0
+        if release:
+            released = connection.execute(
+                update(outbox).where(unknown).values(state="pending", error=None, updated_at=now)
+            ).rowcount
+        left = connection.scalars(select(outbox.c.id).where(unknown).order_by(outbox.c.id)).all()
+    return ReconcileReport(sent, failed, released, len(left), list(left))
+
+
+def report(engine: Engine, *, year: int, kind: str, sequence: int | None, note: str = "") -> MailReport:
+    if sequence is None:
+        return MailReport(year=year, kind=kind, sequence=None, note=note or f"no {kind} due")
+    round_id = _round_row(engine, year).id
+    with engine.connect() as connection:
+        counts = Counter(dict(connection.execute(
+            select(outbox.c.state, func.count())
+            .where(outbox.c.round_id == round_id, outbox.c.kind == kind, outbox.c.sequence == sequence)
+            .group_by(outbox.c.state)
+        ).all()))
+    return MailReport(
+        year=year, kind=kind, sequence=sequence, planned=sum(counts.values()), sent=counts["sent"],
+        skipped=counts["skipped"], failed=counts["failed"], unknown=counts["unknown"], pending=counts["pending"],
+        sending=counts["sending"], note=note,
+    )
+
+
+def settled_fraction(engine: Engine, *, year: int, kind: str, sequence: int) -> float:
+    """Share of the rows of (kind, sequence) no longer pending or sending, in percent (progress artifact)."""
+    round_id = _round_row(engine, year).id
+    with engine.connect() as connection:
+        counts = dict(connection.execute(
+            select(outbox.c.state, func.count())
+            .where(outbox.c.round_id == round_id, outbox.c.kind == kind, outbox.c.sequence == sequence)
+            .group_by(outbox.c.state)
+        ).tuples().all())
+    total = sum(counts.values())
+    settled = total - counts.get("pending", 0) - counts.get("sending", 0)
+    return 100.0 * settled / total if total else 100.0
+
+
+def delivery_table(engine: Engine, *, year: int, kind: str | None = None, sequence: int | None = None,
+                   limit: int = 5000) -> list[dict[str, object]]:
+    """One row per partnership and message kind: who got what, with problems first (the table artifact and
+    ``consult outbox``)."""
+    round_id = _round_row(engine, year).id
+    query = (
+        select(partnerships.c.code, partnerships.c.name, outbox.c.kind, outbox.c.sequence, outbox.c.recipient,
+               outbox.c.state, outbox.c.error, outbox.c.sent_at, outbox.c.provider_message_id)
+        .join(partnerships, partnerships.c.id == outbox.c.partnership_id)
+        .where(outbox.c.round_id == round_id)
+    )
+    if kind is not None:
+        query = query.where(outbox.c.kind == kind)
+    if sequence is not None:
+        query = query.where(outbox.c.sequence == sequence)
+    order = {"failed": 0, "unknown": 1, "sending": 2, "pending": 3, "skipped": 4, "sent": 5}
+    with engine.connect() as connection:
+        rows = connection.execute(query.order_by(partnerships.c.code, outbox.c.kind, outbox.c.sequence)).all()
+    rows = sorted(rows, key=lambda row: order.get(row.state, 9))[:limit]
+    return [
+        {
+            "partnership": row.code, "name": row.name, "kind": row.kind, "sequence": row.sequence,
+            "recipient": row.recipient, "state": row.state, "reason": row.error or "",
+            "sent_at": row.sent_at.isoformat(timespec="seconds") if row.sent_at else "",
+        }
+        for row in rows
+    ]
+
+
+def count_states(engine: Engine, *, year: int) -> dict[tuple[str, int, str], int]:
+    round_id = _round_row(engine, year).id
+    with engine.connect() as connection:
+        return {
+            (kind, sequence, state): count
+            for kind, sequence, state, count in connection.execute(
+                select(outbox.c.kind, outbox.c.sequence, outbox.c.state, func.count())
+                .where(outbox.c.round_id == round_id)
+                .group_by(outbox.c.kind, outbox.c.sequence, outbox.c.state)
+            )
+        }
+
+
+__all__ = [
+    "BatchOutcome", "ClaimedBatch", "MailReport", "PlannedMail", "ReconcileReport", "claim", "delivery_table",
+    "due_reminder", "expire_sending", "plan", "reconcile", "record", "reminder_sequence", "report",
+    "settled_fraction",
+]

@@ -1,0 +1,60 @@
+"""Prefect tasks of the ingest: one per stage for the whole batch of files, thin wrappers around
+consult.ingest.pipeline. They take DataFrames, so they never hash their inputs (cache_policy=NONE)."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NONE
+
+from consult.ingest import dq_report, pipeline
+from consult.ingest.readers import ResponseFile
+from consult.ingest.store import IngestSummary, list_quarantine
+from consult.settings import get_settings
+from db.engine import get_engine, session_scope
+
+
+@task(name="read-response-files", cache_policy=NONE)
+def read_files_task(year: int, paths: list[str]) -> list[ResponseFile]:
+    return pipeline.read_files(get_settings(), year, paths)
+
+
+@task(name="match-partnerships", cache_policy=NONE)
+def match_files_task(year: int, files: list[ResponseFile]) -> list[pipeline.MatchedFile]:
+    return pipeline.match_files(get_settings(), year, files)
+
+
+@task(name="validate-responses", cache_policy=NONE)
+def validate_files_task(year: int, matched: list[pipeline.MatchedFile]) -> list[pipeline.ValidatedFile]:
+    return pipeline.validate_files(get_settings(), year, matched)
+
+
+@task(name="store-responses", cache_policy=NONE)
+def store_files_task(year: int, validated: list[pipeline.ValidatedFile]) -> IngestSummary:
+    return pipeline.store_files(get_settings(), year, validated)
+
+
+@task(name="publish-data-quality-report", cache_policy=NONE)
+def publish_dq_report_task(year: int, summary: IngestSummary, validated: list[pipeline.ValidatedFile]) -> str:
+    """The Markdown artifact ``dq-YEAR``, the table of open quarantined rows and the link to the Data Docs."""
+    settings = get_settings()
+    docs_index = pipeline.data_docs_dir(settings, year) / "index.html"
+    docs = str(docs_index.resolve()) if docs_index.exists() else None
+    markdown = dq_report.markdown_report(summary, validated, docs)
+    dq_report.write_report(settings.output_dir, year, markdown)
+    create_markdown_artifact(key=f"dq-{year}", markdown=markdown, description=f"Data quality of round {year}")
+    with session_scope(get_engine(settings.resolved_database_url)) as session:
+        entries = [vars(entry) for entry in list_quarantine(session, year)]
+    create_table_artifact(
+        key=f"dq-{year}-quarantine",
+        table=dq_report.quarantine_table(summary, entries)
+        or [{"id": "", "file": "", "row": "", "partnership": "", "expectation": "", "value": "",
+             "reason": "no open quarantined row"}],
+        description=f"Open quarantined rows of round {year}: review with `consult quarantine list {year}`",
+    )
+    if docs:
+        create_link_artifact(
+            key=f"dq-{year}-data-docs", link=docs_index.resolve().as_uri(), link_text=f"Data Docs {year}",
+            description="Great Expectations Data Docs of the ingested files",
+        )
+    return markdown

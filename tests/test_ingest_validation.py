@@ -1,0 +1,112 @@
+"""Expectation suites are data generated from the questionnaire and reviewed in git; validation explains every
+bad value with the expectation that caught it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from consult.ingest.matching import Directory, match_partnerships
+from consult.ingest.normalise import answers_json, normalise
+from consult.ingest.validation import build_suite, suite_path, validate
+from consult.questionnaire import load_questionnaire, parse_questionnaire
+from consult.settings import EXPECTATIONS_DIR
+from tests.factories import EXAMPLES
+
+DATA = Path(__file__).resolve().parent / "data" / "ingest"
+
+
+def _key(expectation: dict) -> str:
+    return json.dumps({k: expectation[k] for k in ("type", "kwargs", "severity")}, sort_keys=True)
+
+
+@pytest.mark.parametrize("year", [2019, 2020])
+def test_committed_suite_holds_every_generated_expectation(year):
+    """expectations/escp4i-v{year}.json is in git and contains what the questionnaire generates (analysts may
+    add rules by hand; regenerate with `python -m consult.ingest.validation QUESTIONNAIRE.yaml`)."""
+    questionnaire = load_questionnaire(EXAMPLES / f"questionnaire-{year}.yaml")
+    path = suite_path(questionnaire)
+    assert path == EXPECTATIONS_DIR / f"escp4i-v{year}.json" and path.is_file()
+    committed = {_key(e) for e in json.loads(path.read_text(encoding="utf-8"))["expectations"]}
+    assert {_key(e) for e in build_suite(questionnaire)["expectations"]} <= committed
+
+
+def test_suite_rules_follow_the_questionnaire():
+    """Required questions get a not-null error, integers a whole-number and a range error and a year-over-year
+    warning, multi-selects an allowed-options error, free text a length error."""
+    yaml_questions = yaml.safe_load((EXAMPLES / "questionnaire-2019.yaml").read_text(encoding="utf-8"))
+    suite = build_suite(load_questionnaire(EXAMPLES / "questionnaire-2019.yaml"))
+    rules = {(e["meta"]["field"], e["meta"]["rule"]): e["severity"] for e in suite["expectations"]}
+    for question in yaml_questions["questions"]:
+        code = question["code"]
+        assert ((code, "required") in rules) == bool(question.get("required")), code
+        if question["kind"] == "integer":
+            assert rules[(code, "integer")] == rules[(code, "range")] == "critical"
+            assert rules[(code, "year_over_year")] == "warning"
+        if question["kind"] == "multi_select":
+            assert rules[(code, "options")] == "critical"
+    assert rules[("success_story", "length")] == "critical"
+    assert rules[("partnership", "one_per_partnership")] == "warning"
+
+
+def _directory() -> Directory:
+    return Directory(round_id=1, year=2030, token_hashes={}, other_round_tokens={}, codes={"P-1": 1, "P-2": 2},
+                     emails={"a@x.example": 1}, code_of={1: "P-1", 2: "P-2"}, panel_codes=frozenset({"P-1", "P-2"}))
+
+
+def test_number_single_select_and_yes_no_questions_are_checked():
+    """Other question kinds: a decimal number with a comma, a single choice, yes/no spelled 'Oui'."""
+    questionnaire = parse_questionnaire(
+        {
+            "code": "demo", "version": 1, "title": "Demo", "match_by": ["partnership_id", "email"],
+            "questions": [
+                {"code": "budget", "kind": "number", "label": "Budget", "min": 0, "required": True},
+                {"code": "size", "kind": "single_select", "label": "Size", "options": ["small", "large"]},
+                {"code": "export", "kind": "yes_no", "label": "Exports"},
+            ],
+        },
+        source="demo",
+    )
+    cells = pd.DataFrame(
+        {"token": ["", "", ""], "partnership_id": ["P-1", "", "P-2"], "email": ["", "A@X.example", ""],
+         "submitted_at": ["2030-01-01", "2030-01-02", "2030-01-03"], "complete": [True, True, True],
+         "budget": ["12,5", "-1", "lots"], "size": ["small", "huge", ""], "export": ["Oui", "maybe", "no"]},
+        index=pd.Index([2, 3, 4], name="row_number"),
+    )
+    match = match_partnerships(cells, _directory(), list(questionnaire.match_by))
+    assert match["matched_by"].tolist() == ["partnership_id", "email", "partnership_id"]
+    typed = normalise(cells, questionnaire).typed
+    result = validate(typed, cells, match, questionnaire, build_suite(questionnaire),
+                      limits=pd.DataFrame(), has_submit_date=True, asset_name="demo")
+    assert 2 not in result.errors
+    assert [r["message"] for r in result.errors[3]] == [
+        "budget: -1 is outside 0..any", "size: 'huge' is not one of the options", "export: 'maybe' is not yes or no"]
+    assert [r["message"] for r in result.errors[4]] == ["budget: 'lots' is not a number"]
+    assert json.loads(answers_json(typed, questionnaire)[2]) == {"budget": 12.5, "size": "small", "export": True}
+
+
+def test_match_by_token_only_refuses_partnership_ids():
+    """A questionnaire that matches by token only does not trust a typed partnership id."""
+    cells = pd.DataFrame({"token": [""], "partnership_id": ["P-1"], "email": [""]}, index=[2])
+    match = match_partnerships(cells, _directory(), ["token"])
+    assert match["match_error"].tolist() == ["this questionnaire matches by token only: a partnership id is not enough"]
+
+
+def test_committed_limesurvey_xlsx_fixture_is_ingested(engine, settings, round_2019):
+    """The LimeSurvey XLSX fixture (tokens of the test secret): two accepted answers, one partial; its HTML and
+    line break in free text kept as written."""
+    from tests.test_ingest_store import ingest, responses_by_code
+
+    summary = ingest(settings, 2019, DATA / "limesurvey-2019.xlsx")
+    counts = summary.files[0]
+    assert (counts.layout, counts.accepted, counts.partial, counts.quarantined) == ("limesurvey", 2, 1, 0)
+    accepted = responses_by_code(engine, "accepted")
+    assert accepted["ESCP4I-02"][0].answers == {
+        "markets": ["CA"], "sme_involvement": ["business_contacts", "joint_events"], "cooperation_agreements": 1,
+        "business_missions_planned": False, "sme_members": 18,
+        "success_story": "Met <b>buyers</b> in Toronto;\nsigned one MoU"}
+    assert [r.status for r in responses_by_code(engine)["ESCP4I-12"]] == ["partial"]
