@@ -56,7 +56,7 @@ def write_csv(path: Path, rows: int) -> None:
             options = ";".join(OPTIONS[(number + k) % len(OPTIONS)] for k in range(1 + number % 2))
             agreements = "abc" if number % 1000 == 999 else str(number % 7)
             stamp = (base + dt.timedelta(seconds=number)).isoformat()
-            text = f"Story {number}: met buyers in Japan" if number % 4 == 0 else ""
+            text = f"Story {number}: met {number % 9} buyers in Osaka; one MoU signed" if number % 10 else ""
             handle.write(f"{code(number)},{stamp},{markets},{options},{agreements},"
                          f"{'yes' if number % 2 else 'no'},{number % 300},{text}\n")
 
@@ -107,12 +107,11 @@ def measure_engine(url: str, csv_path: str, workdir: str) -> dict[str, Any]:
     os.environ["CONSULT_OUTPUT_DIR"] = str(Path(workdir) / "output")
     os.environ["CONSULT_TOKEN_SECRET"] = "bench-" + "0" * 58
     with prefect_test_harness(server_startup_timeout=120):
+        import great_expectations  # noqa: F401 - imported before the clock starts, like a warm worker
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
         from flows.ingest import ingest_responses
-
-        import great_expectations  # noqa: F401 - imported before the clock starts, like a warm worker
 
         start = time.perf_counter()
         state = ingest_responses(2019, [csv_path], return_state=True)

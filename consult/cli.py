@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 import typer
 
+from consult.cli_common import YearArg
 from consult.errors import ConsultError
 from consult.settings import EXAMPLES_DIR, get_settings
 
@@ -30,7 +31,6 @@ app.add_typer(db_app, name="db")
 app.add_typer(panel_app, name="panel")
 app.add_typer(round_app, name="round")
 
-YearArg = Annotated[int, typer.Argument(help="The round's year, e.g. 2019.", min=1900, max=2999)]
 
 
 def _engine():  # type: ignore[no-untyped-def]
@@ -185,7 +185,7 @@ def main() -> None:
     except (typer.Exit, SystemExit) as stop:
         code = stop.exit_code if isinstance(stop, typer.Exit) else stop.code
         sys.exit(code or 0)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - the promise to users: one line, never a bare traceback
         if not _is_usage_error(error):
             _report_unexpected(error)
         error.show()  # type: ignore[attr-defined]  # click's own one-line usage message

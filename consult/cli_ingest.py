@@ -11,13 +11,13 @@ from typing import Annotated
 
 import typer
 
+from consult.cli_common import YearArg
 from consult.errors import ConsultError
 from consult.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True)
 quarantine_app = typer.Typer(help="Review quarantined rows: list, show, accept after a fix, reject.", no_args_is_help=True)
 
-YearArg = Annotated[int, typer.Argument(help="The round's year, e.g. 2019.", min=1900, max=2999)]
 RowArg = Annotated[int, typer.Argument(help="The quarantined row's id (see `consult quarantine list`).")]
 
 

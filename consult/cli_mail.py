@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from consult.cli_common import YearArg
 from consult.errors import ConsultError
 from consult.settings import get_settings
 
@@ -14,7 +15,6 @@ app = typer.Typer(no_args_is_help=True)
 webhook_app = typer.Typer(help="SendGrid Event Webhook receiver.", no_args_is_help=True)
 app.add_typer(webhook_app, name="webhook")
 
-YearArg = Annotated[int, typer.Argument(help="The round's year, e.g. 2019.", min=1900, max=2999)]
 
 
 def _engine():  # type: ignore[no-untyped-def]

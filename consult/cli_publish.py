@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
+from consult.cli_common import YearArg
 from consult.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True)
 
-YearArg = Annotated[int, typer.Argument(help="The round's year, e.g. 2019.", min=1900, max=2999)]
 
 
 @app.command("publish")

@@ -123,8 +123,8 @@ def import_panel(session: Session, path: Path) -> PanelImportReport:
             existing[row.code] = partnership
             added += 1
         elif row.code not in touched:
-            changes = dict(name=row.name, acronym=row.acronym, strand=row.strand, country=row.country,
-                           language=row.language)
+            changes = {"name": row.name, "acronym": row.acronym, "strand": row.strand, "country": row.country,
+                       "language": row.language}
             if any(getattr(partnership, field) != value for field, value in changes.items()):
                 for field, value in changes.items():
                     setattr(partnership, field, value)

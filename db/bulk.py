@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, column, table
 
+SQLITE_BULK_CACHE_KIB = 256 * 1024
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -34,18 +35,23 @@ def bulk_insert(connection: Connection, table_name: str, columns: Sequence[str],
         counter = _Counter(rows)
         placeholders = ", ".join("?" for _ in columns)
         cursor = driver_connection.cursor()  # type: ignore[union-attr]
+        # A bigger page cache while inserting: index pages stay in memory instead of being spilled to the WAL
+        # and read back (the default 2 MB cache makes a million-row insert twice as slow).
+        previous = cursor.execute("PRAGMA cache_size").fetchone()[0]
+        cursor.execute(f"PRAGMA cache_size = {-SQLITE_BULK_CACHE_KIB}")
         try:
             cursor.executemany(f"INSERT INTO {_quoted(table_name)} ({column_list}) VALUES ({placeholders})", counter)
         finally:
+            cursor.execute(f"PRAGMA cache_size = {int(previous)}")
             cursor.close()
         return counter.count
     if dialect == "postgresql" and connection.dialect.driver == "psycopg":
         count = 0
-        with driver_connection.cursor() as cursor:  # type: ignore[union-attr]
-            with cursor.copy(f"COPY {_quoted(table_name)} ({column_list}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-                    count += 1
+        statement = f"COPY {_quoted(table_name)} ({column_list}) FROM STDIN"
+        with driver_connection.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
+            for row in rows:
+                copy.write_row(row)
+                count += 1
         return count
     # Any other database: SQLAlchemy's executemany, slower but correct.
     target = table(table_name, *(column(name) for name in columns))
@@ -76,3 +82,16 @@ def timestamp_format(connection: Connection) -> str:
     if connection.dialect.name == "sqlite":
         return "%Y-%m-%d %H:%M:%S.%f"
     return "%Y-%m-%d %H:%M:%S.%f+00:00"
+
+
+def fetch_all(connection: Connection, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """Rows of a read-only query through the driver's cursor: for result sets of a million rows, where
+    SQLAlchemy's row objects double the time. ``sql`` uses ``?`` placeholders (rewritten for psycopg)."""
+    if connection.dialect.name != "sqlite":
+        sql = sql.replace("%", "%%").replace("?", "%s")
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, tuple(params))
+        return [tuple(row) for row in cursor.fetchall()]
+    finally:
+        cursor.close()

@@ -6,6 +6,8 @@ Tasks read the settings themselves (secrets never travel as task parameters).
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from uuid import UUID
 
 from prefect import task
@@ -79,10 +81,24 @@ def send_mail_batch_task(batch_key: str, progress_id: UUID | None = None) -> Bat
     settings = get_settings()
     engine = _engine()
     outcome = send_batch(engine, settings, get_mailer(settings), batch_key)
-    if progress_id is not None:
+    if progress_id is not None and _progress_due(progress_id):
         year, kind, sequence = _parse_key(batch_key)
         update_progress_artifact(progress_id, outbox.settled_fraction(engine, year=year, kind=kind, sequence=sequence))
     return outcome
+
+
+_PROGRESS_EVERY = 1.0  # seconds: an update costs an API call and a count; once a second keeps the UI live
+_progress_lock = threading.Lock()
+_progress_last: dict[UUID, float] = {}
+
+
+def _progress_due(progress_id: UUID) -> bool:
+    now = time.monotonic()
+    with _progress_lock:
+        if now - _progress_last.get(progress_id, 0.0) < _PROGRESS_EVERY:
+            return False
+        _progress_last[progress_id] = now
+        return True
 
 
 def _parse_key(batch_key: str) -> tuple[int, str, int]:
@@ -91,10 +107,13 @@ def _parse_key(batch_key: str) -> tuple[int, str, int]:
 
 
 @task(name="mail-report", cache_policy=NONE)
-def mail_report_task(year: int, kind: str, sequence: int | None) -> MailReport:
-    """Counts by state, and a table artifact of delivery status per partnership (problems first)."""
+def mail_report_task(year: int, kind: str, sequence: int | None, progress_id: UUID | None = None) -> MailReport:
+    """Counts by state, the final progress, and a table artifact of delivery status per partnership
+    (problems first)."""
     engine = _engine()
     report = outbox.report(engine, year=year, kind=kind, sequence=sequence)
+    if progress_id is not None and sequence is not None:
+        update_progress_artifact(progress_id, outbox.settled_fraction(engine, year=year, kind=kind, sequence=sequence))
     if sequence is not None:
         rows = outbox.delivery_table(engine, year=year, kind=kind, sequence=sequence)
         create_table_artifact(

@@ -16,11 +16,11 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 
-from sqlalchemy import Engine, create_engine, text  # noqa: E402
+from sqlalchemy import Engine, create_engine, text
 
-from consult import settings as settings_module  # noqa: E402
-from consult.settings import Settings  # noqa: E402
-from db.engine import get_engine, session_scope, upgrade  # noqa: E402
+from consult import settings as settings_module
+from consult.settings import Settings
+from db.engine import get_engine, session_scope, upgrade
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO_ROOT / "examples" / "escp4i"
@@ -35,7 +35,7 @@ def _postgres_unavailable_reason() -> str | None:
         with probe.connect() as connection:
             connection.execute(text("select 1"))
         probe.dispose()
-    except Exception as error:  # any failure to connect means: skip, and say why
+    except Exception as error:  # noqa: BLE001 - any failure to connect means: skip, and say why
         return f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {str(error).splitlines()[0]}"
     return None
 

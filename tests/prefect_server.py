@@ -1,8 +1,8 @@
 """A real Prefect server for tests: `prefect server start` on a free local port, its database in a temporary
 folder, stopped at the end. Also starts process workers and runs the Prefect CLI against it.
 
-Tests share one server (it takes ~9-15 s to start): see the module/session fixtures that use
-``PrefectServer``.
+Tests share one server per test process (it takes ~9-15 s to start): ``shared_server()``,
+``deployed_server()`` and ``reference_round_run()`` make each thing once; it is torn down at process exit.
 """
 
 from __future__ import annotations
@@ -77,9 +77,10 @@ class PrefectServer:
                 "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{self.home / 'prefect.db'}",
                 "PREFECT_LOGGING_LEVEL": "INFO",
                 "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
-                # Workers poll every second instead of every 10 s, so that tests wait less.
+                # Workers and `serve` poll every second instead of every 10 s, so that tests wait less.
                 "PREFECT_WORKER_QUERY_SECONDS": "1",
                 "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+                "PREFECT_RUNNER_POLL_FREQUENCY": "1",
                 "PREFECT_CLI_PROMPT": "false",
                 "PYTHONUNBUFFERED": "1",
             }

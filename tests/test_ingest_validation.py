@@ -55,7 +55,7 @@ def test_suite_rules_follow_the_questionnaire():
 
 def _directory() -> Directory:
     return Directory(round_id=1, year=2030, token_hashes={}, other_round_tokens={}, codes={"P-1": 1, "P-2": 2},
-                     emails={"a@x.example": 1}, code_of={1: "P-1", 2: "P-2"}, panel_codes=frozenset({"P-1", "P-2"}))
+                     emails={"a@x.example": 1}, panel_codes=frozenset({"P-1", "P-2"}))
 
 
 def test_number_single_select_and_yes_no_questions_are_checked():

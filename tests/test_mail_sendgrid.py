@@ -219,3 +219,24 @@ def test_a_crash_right_after_the_kth_accepted_message_ends_with_exactly_one_invi
     result = outbox.reconcile(engine, year=2019, stale_after=dt.timedelta(0))
     assert (result.confirmed_sent, result.still_unknown) == (in_flight, 0)
     assert_exactly_one_invitation_each(engine, stub)
+
+
+def test_the_api_key_can_come_from_a_prefect_secret_block(engine, settings, round_2019, stub, monkeypatch):
+    """Without CONSULT_SENDGRID_API_KEY, the key is read from the Prefect Secret block `sendgrid-api-key`;
+    without either, the run stops with one line saying where to put it."""
+    from prefect.blocks.system import Secret
+
+    from consult.errors import ConsultError
+    from consult.mail.mailer import get_mailer
+
+    monkeypatch.delenv("CONSULT_SENDGRID_API_KEY")
+    settings_module.get_settings.cache_clear()
+    missing = f"sendgrid-api-key-missing-{os.getpid()}"
+    monkeypatch.setattr("consult.mail.mailer.SENDGRID_SECRET_BLOCK", missing)
+    with pytest.raises(ConsultError, match=missing):
+        get_mailer(settings_module.get_settings())
+    monkeypatch.setattr("consult.mail.mailer.SENDGRID_SECRET_BLOCK", "sendgrid-api-key")
+    Secret(value=stub.api_key).save("sendgrid-api-key", overwrite=True)
+    report = send_invitations(2019)
+    assert report.sent == len(panel_emails())
+    assert_exactly_one_invitation_each(engine, stub)

@@ -62,9 +62,8 @@ def test_a_bad_panel_row_is_refused_with_its_row_and_nothing_is_stored(engine, s
     """An invalid row stops the import with one line naming the file and the row; the panel stays empty."""
     path = tmp_path / "panel.csv"
     path.write_text(PANEL_HEADER + "P0,Zero,,1,BE,Bo,Ng,bo@zero.example,en\n" + row + "\n", encoding="utf-8")
-    with pytest.raises(ConsultError) as raised:
-        with session_scope(engine) as session:
-            import_panel(session, path)
+    with pytest.raises(ConsultError) as raised, session_scope(engine) as session:
+        import_panel(session, path)
     assert str(raised.value).startswith(str(path))
     assert message.replace("row 2", "row 3") in str(raised.value)
     with session_scope(engine) as session:
@@ -74,8 +73,7 @@ def test_a_bad_panel_row_is_refused_with_its_row_and_nothing_is_stored(engine, s
 def test_a_panel_without_required_columns_names_them(engine, settings, tmp_path):
     path = tmp_path / "panel.csv"
     path.write_text("partnership_id,name\nP1,Alpha\n", encoding="utf-8")
-    with pytest.raises(ConsultError, match="missing column.*strand, country, contact_email"):
-        with session_scope(engine) as session:
+    with pytest.raises(ConsultError, match="missing column.*strand, country, contact_email"), session_scope(engine) as session:
             import_panel(session, path)
 
 
@@ -112,8 +110,7 @@ def test_opening_a_round_twice_creates_nothing_new(engine, settings, round_2019)
 
 
 def test_a_round_cannot_switch_questionnaire_once_open(engine, settings, round_2019):
-    with pytest.raises(ConsultError, match="round 2019 is already open with questionnaire escp4i v2019"):
-        with session_scope(engine) as session:
+    with pytest.raises(ConsultError, match="round 2019 is already open with questionnaire escp4i v2019"), session_scope(engine) as session:
             open_round(
                 session,
                 year=2019,
@@ -123,8 +120,7 @@ def test_a_round_cannot_switch_questionnaire_once_open(engine, settings, round_2
 
 
 def test_closing_an_unknown_round_says_how_to_open_it(engine, settings, panel):
-    with pytest.raises(ConsultError, match=r"round 2030 does not exist: open it with `consult round open 2030"):
-        with session_scope(engine) as session:
+    with pytest.raises(ConsultError, match=r"round 2030 does not exist: open it with `consult round open 2030"), session_scope(engine) as session:
             close_round(session, 2030)
 
 
@@ -176,13 +172,11 @@ def test_participants_export_neutralises_spreadsheet_formulas(engine, settings, 
 
 
 def test_opening_a_round_on_an_empty_panel_is_refused(engine, settings):
-    with pytest.raises(ConsultError, match="the panel is empty: import it first"):
-        with session_scope(engine) as session:
+    with pytest.raises(ConsultError, match="the panel is empty: import it first"), session_scope(engine) as session:
             open_round(session, year=2019, questionnaire_path=EXAMPLES / "questionnaire-2019.yaml", token_secret=b"s")
 
 
 def test_a_missing_questionnaire_file_is_named(engine, settings, panel, tmp_path: Path):
     missing = tmp_path / "nope.yaml"
-    with pytest.raises(ConsultError, match=f"{missing}: questionnaire file not found"):
-        with session_scope(engine) as session:
+    with pytest.raises(ConsultError, match=f"{missing}: questionnaire file not found"), session_scope(engine) as session:
             open_round(session, year=2019, questionnaire_path=missing, token_secret=b"s")

@@ -32,8 +32,8 @@ def test_the_2020_questionnaire_declares_the_renamed_option():
         ("code: x\nversion: 1\ntitle: t\nquestions: []\n", "questions: List should have at least 1 item"),
         ("code: x\nversion: 1\ntitle: t\nquestions:\n  - {code: a, kind: multi_select, label: A}\n",
          "a multi_select question needs options"),
-        ("code: x\nversion: 1\ntitle: t\nquestions:\n  - {code: a, kind: integer, label: A}\n"
-         "  - {code: a, kind: text, label: B}\n", "question code 'a' appears twice"),
+        (("code: x\nversion: 1\ntitle: t\nquestions:\n  - {code: a, kind: integer, label: A}\n"
+         "  - {code: a, kind: text, label: B}\n"), "question code 'a' appears twice"),
         ("code: [unclosed\n", "not a readable YAML file"),
         ("- just a list\n", "must be a mapping"),
     ],

@@ -14,6 +14,7 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from db.bulk import fetch_all
 from db.models import Contact, Partnership, Round, RoundParticipant
 
 AMBIGUOUS = -1
@@ -29,37 +30,52 @@ class Directory:
     other_round_tokens: dict[str, int]
     codes: dict[str, int]
     emails: dict[str, int]
-    code_of: dict[int, str]
     panel_codes: frozenset[str]
 
 
-def load_directory(session: Session, round_: Round) -> Directory:
-    participants = session.execute(
-        select(RoundParticipant.token_hash, RoundParticipant.partnership_id, Partnership.code)
-        .join(Partnership, Partnership.id == RoundParticipant.partnership_id)
-        .where(RoundParticipant.round_id == round_.id)
-    ).all()
-    other_tokens = session.execute(
-        select(RoundParticipant.token_hash, Round.year)
-        .join(Round, Round.id == RoundParticipant.round_id)
-        .where(RoundParticipant.round_id != round_.id)
-    ).all()
-    enrolled = {partnership_id for _, partnership_id, _ in participants}
+def load_directory(session: Session, round_: Round, *, with_tokens: bool = True) -> Directory:
+    """Everything matching needs, read once; the participants through the driver, since a panel may hold a
+    million rows. ``with_tokens=False`` skips the token hashes when no file of the batch carries a token."""
+    connection = session.connection()
+    hash_column = "rp.token_hash" if with_tokens else "''"
+    participants = fetch_all(
+        connection,
+        f"SELECT {hash_column}, rp.partnership_id, p.code FROM round_participants rp "
+        "JOIN partnerships p ON p.id = rp.partnership_id WHERE rp.round_id = ?",
+        (round_.id,),
+    )
+    other_tokens = fetch_all(
+        connection,
+        "SELECT rp.token_hash, r.year FROM round_participants rp JOIN rounds r ON r.id = rp.round_id "
+        "WHERE rp.round_id <> ?",
+        (round_.id,),
+    ) if with_tokens else []
     emails: dict[str, int] = {}
-    for email, partnership_id in session.execute(
-        select(Contact.email, Contact.partnership_id).where(Contact.partnership_id.in_(enrolled) if enrolled else False)
+    for email, partnership_id in connection.execute(
+        select(Contact.email, Contact.partnership_id)
+        .join(RoundParticipant, RoundParticipant.partnership_id == Contact.partnership_id)
+        .where(RoundParticipant.round_id == round_.id)
     ):
         key = email.strip().lower()
         emails[key] = partnership_id if emails.get(key, partnership_id) == partnership_id else AMBIGUOUS
+    hashes, ids, codes = zip(*participants, strict=True) if participants else ((), (), ())
+    upper_codes = [code.upper() for code in codes]
+    # Panel members not consulted in this round (few): to tell "not consulted" from "unknown".
+    not_enrolled = connection.execute(
+        select(Partnership.code).where(
+            ~select(RoundParticipant.id)
+            .where(RoundParticipant.round_id == round_.id, RoundParticipant.partnership_id == Partnership.id)
+            .exists()
+        )
+    ).scalars().all()
     return Directory(
         round_id=round_.id,
         year=round_.year,
-        token_hashes={token_hash: partnership_id for token_hash, partnership_id, _ in participants},
-        other_round_tokens={token_hash: year for token_hash, year in other_tokens},
-        codes={code.upper(): partnership_id for _, partnership_id, code in participants},
+        token_hashes=dict(zip(hashes, ids, strict=True)) if with_tokens else {},
+        other_round_tokens=dict(other_tokens),
+        codes=dict(zip(upper_codes, ids, strict=True)),
         emails=emails,
-        code_of={partnership_id: code for _, partnership_id, code in participants},
-        panel_codes=frozenset(code.upper() for code in session.scalars(select(Partnership.code))),
+        panel_codes=frozenset(upper_codes).union(code.upper() for code in not_enrolled),
     )
 
 

@@ -13,10 +13,12 @@ made on the way (a market code in lower case) come back as per-row warnings.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import reduce
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from consult.questionnaire import ISO3166, Question, Questionnaire
@@ -24,7 +26,7 @@ from consult.questionnaire import ISO3166, Question, Questionnaire
 YES = {"yes", "y", "true", "1", "oui", "ja", "si", "sí"}
 NO = {"no", "n", "false", "0", "non", "nein"}
 INTEGER_PATTERN = r"^[+-]?\d+$"
-NUMBER_PATTERN = r"^[+-]?(\d+([.,]\d*)?|[.,]\d+)$"
+NUMBER_PATTERN = r"^[+-]?(?:\d+(?:[.,]\d*)?|[.,]\d+)$"
 
 Reason = dict[str, Any]
 
@@ -35,21 +37,54 @@ class Normalised:
     warnings: dict[int, list[Reason]] = field(default_factory=dict)
 
 
-def _add_warnings(target: dict[int, list[Reason]], rows: pd.Series, make: Any) -> None:
-    for row_number, value in rows.items():
-        target.setdefault(int(row_number), []).append(make(value))  # type: ignore[arg-type]
+def _per_value(values: pd.Series, clean: Callable[[str], Any]) -> pd.Series:
+    """Apply ``clean`` once per distinct cell value, not once per row: survey answers repeat a lot (yes/no,
+    small integers, option combinations), so a million rows hold a few thousand distinct values."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    cleaned = np.array([clean(str(value)) for value in uniques] + [None], dtype=object)
+    return pd.Series(cleaned.take(codes), index=values.index, dtype=object)  # code -1 (missing) -> None
 
 
-def _blank_to_na(values: pd.Series) -> pd.Series:
-    cleaned = values.astype(str).str.strip()
-    return cleaned.where(cleaned != "", pd.NA).astype("str")
+def _text(value: str) -> str | None:
+    return value.strip() or None
+
+
+def _number(value: str) -> float:
+    try:
+        return float(value.strip().replace(",", "."))
+    except ValueError:
+        return float("nan")
+
+
+def _integer(value: str) -> float:
+    try:
+        return float(value.strip())
+    except ValueError:
+        return float("nan")
+
+
+def _options(value: str, *, upper: bool) -> str | None:
+    codes = [code.strip() for code in value.split(";")]
+    joined = ";".join(code.upper() if upper else code for code in codes if code)
+    return joined or None
+
+
+def _yes_no(value: str) -> str | None:
+    cleaned = value.strip()
+    lowered = cleaned.lower()
+    if lowered in YES:
+        return "yes"
+    if lowered in NO:
+        return "no"
+    # Keep an unrecognised answer as written so the expectation reports it as it was.
+    return cleaned or None
 
 
 def normalise(cells: pd.DataFrame, questionnaire: Questionnaire, *, timezone: str = "UTC") -> Normalised:
     """Type every question column of the canonical cells; columns missing from the file come out empty."""
     typed: dict[str, pd.Series] = {}
     warnings: dict[int, list[Reason]] = {}
-    empty = pd.Series(pd.NA, index=cells.index, dtype="str")
+    empty = pd.Series("", index=cells.index, dtype=object)
     for question in questionnaire.questions:
         values = cells[question.code] if question.code in cells.columns else empty
         typed.update(_normalise_question(question, values, warnings))
@@ -57,44 +92,41 @@ def normalise(cells: pd.DataFrame, questionnaire: Questionnaire, *, timezone: st
     return Normalised(typed=pd.DataFrame(typed, index=cells.index), warnings=warnings)
 
 
-def _normalise_question(question: Question, values: pd.Series, warnings: dict[int, list[Reason]]) -> dict[str, pd.Series]:
+def _normalise_question(
+    question: Question, values: pd.Series, warnings: dict[int, list[Reason]]
+) -> dict[str, pd.Series]:
     code = question.code
     if question.kind in ("integer", "number"):
-        cleaned = _blank_to_na(values)
-        as_number = cleaned.str.replace(",", ".", regex=False) if question.kind == "number" else cleaned
-        return {code: cleaned, f"{code}__num": pd.to_numeric(as_number, errors="coerce").astype("float64")}
+        cleaned = _per_value(values, _text)
+        parse = _integer if question.kind == "integer" else _number
+        number = _per_value(values, parse).astype("float64")
+        return {code: cleaned, f"{code}__num": number}
     if question.kind == "multi_select":
-        cleaned = _blank_to_na(values).str.replace(r"\s*;\s*", ";", regex=True).str.replace(r";{2,}", ";", regex=True)
-        cleaned = cleaned.str.strip(";")
-        cleaned = cleaned.where(cleaned != "", pd.NA).astype("str")
-        if question.options == ISO3166:
-            upper = cleaned.str.upper()
-            changed = cleaned.notna() & (upper != cleaned)
-            _add_warnings(
-                warnings,
-                cleaned[changed],
-                lambda value, code=code: {
-                    "rule": "upper_cased",
-                    "column": code,
-                    "value": value,
-                    "severity": "warning",
-                    "message": f"market code(s) {value!r} upper-cased to {value.upper()!r}",
-                },
-            )
-            cleaned = upper
+        upper = question.options == ISO3166
+        cleaned = _per_value(values, lambda value: _options(value, upper=upper))
+        if upper:
+            as_written = _per_value(values, lambda value: _options(value, upper=False))
+            changed = cleaned.notna() & (as_written != cleaned)
+            for row_number, value in as_written[changed].items():
+                warnings.setdefault(int(row_number), []).append(  # type: ignore[arg-type]
+                    {
+                        "expectation": "normalise",
+                        "rule": "upper_cased",
+                        "column": code,
+                        "severity": "warning",
+                        "value": value,
+                        "message": f"market code(s) {value!r} upper-cased to {value.upper()!r}",
+                    }
+                )
         return {code: cleaned}
     if question.kind == "yes_no":
-        cleaned = _blank_to_na(values)
-        lowered = cleaned.str.lower()
-        spelled = lowered.where(~lowered.isin(YES), "yes")
-        spelled = spelled.where(~lowered.isin(NO), "no")
-        # Keep an unrecognised answer as typed so the expectation reports it as it was written.
-        return {code: spelled.where(lowered.isin(YES | NO), cleaned).astype("str")}
+        return {code: _per_value(values, _yes_no)}
     if question.kind == "single_select":
-        return {code: _blank_to_na(values)}
+        return {code: _per_value(values, _text)}
     # Free text is kept exactly as written (HTML, formulas, line breaks): it is escaped wherever it is shown.
-    text = values.astype(str)
-    return {code: text.where(text.str.strip() != "", pd.NA).astype("str")}
+    text = values.astype(object)
+    blank = np.array([not str(value).strip() for value in text.tolist()], dtype=bool)
+    return {code: text.where(~blank, None)}
 
 
 def parse_timestamps(values: pd.Series, timezone: str) -> pd.Series:
@@ -133,32 +165,34 @@ def _parse_each(text: pd.Series, timezone: str) -> pd.Series:
 
 
 def answers_json(typed: pd.DataFrame, questionnaire: Questionnaire) -> pd.Series:
-    """``responses.answers`` for every row, as JSON text built column by column (no Python loop per row).
+    """``responses.answers`` for every row, as JSON text built from one fragment per distinct value.
 
     Shape: ``{question_code: value}`` — a list of option codes for multi_select, a string for single_select and
     text, an int for integer, a float for number, a bool for yes_no, ``null`` when unanswered or not a valid
     value of its kind.
     """
-    fragments: list[pd.Series] = []
+    fragments: list[list[str]] = []
     for question in questionnaire.questions:
         code = question.code
         key = json.dumps(code) + ": "
         column = typed[code]
         if question.kind == "multi_select":
-            valid = column.notna() & column.str.fullmatch(r"[^\"\\;]+(;[^\"\\;]+)*")
-            value = ('["' + column.str.replace(";", '", "', regex=False) + '"]').where(valid, "null")
+            value = _per_value(column, lambda text: json.dumps(text.split(";")) if _SAFE_CODES.fullmatch(text) else "null")
         elif question.kind == "integer":
-            number = typed[f"{code}__num"]
-            valid = number.notna() & column.str.fullmatch(INTEGER_PATTERN) & (number.abs() < 2**53)
-            value = number.where(valid, 0).astype("int64").astype(str).where(valid, "null")
+            text_of = _per_value(column, lambda text: text if _INTEGER.fullmatch(text) else None)
+            value = _per_value(text_of, lambda text: str(int(text)) if abs(int(text)) < 2**53 else "null")
         elif question.kind == "number":
-            number = typed[f"{code}__num"]
-            valid = number.notna() & (number.abs() != float("inf"))
-            value = number.astype(str).where(valid, "null")
+            value = _per_value(typed[f"{code}__num"].astype(object).where(typed[f"{code}__num"].notna(), None),
+                               lambda text: text if text not in ("inf", "-inf") else "null")
         elif question.kind == "yes_no":
-            value = column.map({"yes": "true", "no": "false"}).fillna("null")
+            value = column.map({"yes": "true", "no": "false"})
         else:
-            value = column.map(json.dumps, na_action="ignore").fillna("null")
-        fragments.append(key + value.astype(object))
-    joined = reduce(lambda left, right: left + ", " + right, fragments)
-    return "{" + joined + "}"
+            value = _per_value(column, json.dumps) if question.kind == "single_select" else column.map(
+                json.dumps, na_action="ignore")
+        fragments.append([key + (text if isinstance(text, str) else "null") for text in value.tolist()])
+    return pd.Series(["{" + ", ".join(parts) + "}" for parts in zip(*fragments, strict=True)], index=typed.index,
+                     dtype=object)
+
+
+_SAFE_CODES = re.compile(r"[^\"\\;]+(;[^\"\\;]+)*")
+_INTEGER = re.compile(INTEGER_PATTERN)

@@ -33,7 +33,7 @@ from consult.questionnaire import Questionnaire
 from consult.rounds import get_round, previous_round, round_questionnaire
 from consult.settings import EXPECTATIONS_DIR, Settings
 from db.engine import get_engine, session_scope
-from db.models import IngestedFile, Partnership, QuarantinedRow, Response, RoundParticipant
+from db.models import IngestedFile, QuarantinedRow, Response
 
 
 @dataclass
@@ -80,7 +80,8 @@ def match_files(settings: Settings, year: int, files: list[ResponseFile]) -> lis
     with session_scope(engine) as session:
         round_ = get_round(session, year)
         questionnaire = round_questionnaire(round_)
-        directory = load_directory(session, round_)
+        with_tokens = any(bool((item.cells["token"] != "").any()) for item in files)
+        directory = load_directory(session, round_, with_tokens=with_tokens)
     matched = []
     seen: set[str] = set()
     for response_file in files:
@@ -96,16 +97,6 @@ def match_files(settings: Settings, year: int, files: list[ResponseFile]) -> lis
     return matched
 
 
-def _code_of(session: Session, round_id: int) -> dict[int, str]:
-    return dict(
-        session.execute(
-            select(Partnership.id, Partnership.code)
-            .join(RoundParticipant, RoundParticipant.partnership_id == Partnership.id)
-            .where(RoundParticipant.round_id == round_id)
-        ).all()
-    )
-
-
 def validate_files(settings: Settings, year: int, matched: list[MatchedFile]) -> list[ValidatedFile]:
     """Type the answers and run the expectation suite once per file; Data Docs go to the output folder."""
     with session_scope(_engine(settings)) as session:
@@ -113,7 +104,6 @@ def validate_files(settings: Settings, year: int, matched: list[MatchedFile]) ->
         questionnaire = round_questionnaire(round_)
         before = previous_round(session, year)
         limits = previous_limits(session, before.id if before else None, questionnaire)
-        code_of = _code_of(session, round_.id)
     suite, suite_source = load_suite(questionnaire, EXPECTATIONS_DIR)
     docs = data_docs_dir(settings, year)
     validated = []
@@ -132,7 +122,6 @@ def validate_files(settings: Settings, year: int, matched: list[MatchedFile]) ->
             has_submit_date=not any(note.startswith("no submit-date column") for note in item.file.notes),
             asset_name=item.file.name,
             data_docs_dir=docs,
-            code_of=code_of,
         )
         validation.suite_source = suite_source
         warnings = _merge(normalised.warnings, validation.warnings)
@@ -260,7 +249,7 @@ def accept_quarantined(
     suite, _ = load_suite(questionnaire, EXPECTATIONS_DIR)
     validation = validate(
         normalised.typed, cells, match, questionnaire, suite, limits=limits, has_submit_date=True,
-        asset_name=f"{file_name} row {row_number}", code_of=directory.code_of,
+        asset_name=f"{file_name} row {row_number}",
     )
     if validation.errors:
         messages = "; ".join(reason["message"] for reason in validation.errors[row_number])

@@ -245,9 +245,8 @@ def _match_reason(rows: RowsToStore, row_number: int) -> Reason:
 def _identity_value(raw_row: pd.Series) -> str:
     for column in raw_row.index:
         key = "".join(ch for ch in str(column).lower() if ch.isalnum())
-        if key in ("partnershipid", "partnership", "email", "emailaddress"):
-            if str(raw_row[column]).strip():
-                return str(raw_row[column]).strip()
+        if key in ("partnershipid", "partnership", "email", "emailaddress") and str(raw_row[column]).strip():
+            return str(raw_row[column]).strip()
     for column in raw_row.index:
         if str(column).strip().lower() == "token" and str(raw_row[column]).strip():
             token = str(raw_row[column]).strip()

@@ -243,9 +243,11 @@ def run_suite(
     _quiet_gx()
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    from great_expectations.data_context.types.base import DataContextConfig, InMemoryStoreBackendDefaults
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
 
     # The default ephemeral context creates a temporary docs folder on every call; ours writes only where asked.
     config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False))
@@ -311,7 +313,6 @@ def validate(
     has_submit_date: bool,
     asset_name: str,
     data_docs_dir: Path | None = None,
-    code_of: dict[int, str] | None = None,
 ) -> ValidationResult:
     """Run the suite on the complete rows of one file and turn failures into per-row reasons."""
     complete = cells["complete"].astype(bool)
@@ -328,7 +329,7 @@ def validate(
         field_name = str(meta.get("field", result["kwargs"].get("column", "")))
         severity = "error" if result["severity"] == "critical" else result["severity"]
         target = validation.errors if severity == "error" else validation.warnings
-        reasons = _reasons(result, rule, field_name, severity, result["rows"], cells, indexed, questionnaire, code_of)
+        reasons = _reasons(result, rule, field_name, severity, result["rows"], cells, indexed, questionnaire)
         examples: list[str] = []
         for row_number, reason in zip(result["rows"], reasons, strict=True):
             target.setdefault(row_number, []).append(reason)
@@ -348,7 +349,7 @@ def validate(
 
 def _reasons(
     result: dict[str, Any], rule: str, field_name: str, severity: str, rows: list[int], cells: pd.DataFrame,
-    frame: pd.DataFrame, questionnaire: Questionnaire, code_of: dict[int, str] | None,
+    frame: pd.DataFrame, questionnaire: Questionnaire,
 ) -> list[Reason]:
     """One reason per failing row, values looked up column-wise (a file may fail on many rows)."""
     if not rows:
@@ -356,8 +357,9 @@ def _reasons(
     if field_name in cells.columns:
         values = cells.loc[rows, field_name].astype(str).tolist()
     elif field_name == "partnership":
-        partnerships = frame.loc[rows, "partnership"].tolist()
-        values = [(code_of or {}).get(int(p), str(int(p))) if pd.notna(p) else "" for p in partnerships]
+        # The partnership as the file names it: its id, else its contact e-mail, else the end of its token.
+        identity = cells.loc[rows, ["partnership_id", "email", "token"]].astype(str).to_numpy().tolist()
+        values = [code or email or (f"token …{token[-4:]}" if token else "") for code, email, token in identity]
     else:
         values = [""] * len(rows)
     kwargs = result["kwargs"]

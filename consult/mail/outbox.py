@@ -44,6 +44,7 @@ from db.models import (
     DeliveryEvent,
     OutboxMessage,
     Partnership,
+    QuestionnaireVersion,
     Response,
     Round,
     RoundParticipant,
@@ -150,14 +151,15 @@ def due_reminder(status: str, closes_on: dt.date, schedule: Sequence[int], today
     The sequence is the number of days before ``closes_on`` the reminder belongs to, so a scheduled run that comes
     back the same day (or any day before the next reminder) finds it already planned and sends nothing new, and
     ``force`` on the day of a scheduled reminder is that same reminder. A forced reminder is
-    ``(closes_on - today).days`` (negative once the closing date has passed: an operator may still remind while
-    the round is open). A closed round has none; the schedule has none after the closing date.
+    ``(closes_on - today).days``; once the closing date has passed (the round still open) it is the one
+    "last call" reminder, sequence -1, so that forcing again on a later day does not remind anyone twice.
+    A closed round has none; the schedule has none after the closing date.
     """
     if status != "open":
         return None
     days_left = (closes_on - today).days
     if force:
-        return days_left
+        return max(days_left, -1)
     if days_left < 0:
         return None
     reached = [days for days in schedule if days >= days_left]
@@ -271,11 +273,12 @@ def claim(engine: Engine, batch_key: str, *, mail_from: str, url_template: str,
             .join(contacts, contacts.c.id == outbox.c.contact_id)
             .join(partnerships, partnerships.c.id == outbox.c.partnership_id)
             .join(rounds, rounds.c.id == outbox.c.round_id)
-            .where(outbox.c.id.in_(claimed_ids))
+            # By batch rather than by a list of 1,000 ids (far cheaper on PostgreSQL); the ids filter below.
+            .where(outbox.c.batch_key == batch_key, outbox.c.state == "sending")
             .order_by(outbox.c.id)
         ).all()
-        from db.models import QuestionnaireVersion
-
+        mine = set(claimed_ids)
+        rows = [row for row in rows if row.id in mine]
         title = connection.scalar(
             select(QuestionnaireVersion.title).where(QuestionnaireVersion.id == rows[0].questionnaire_version_id)
         )
@@ -316,11 +319,27 @@ def record(engine: Engine, claimed: ClaimedBatch, result: BatchResult, *, ambigu
         by_message_id.setdefault(message_id, []).append(outbox_id)
     sending = and_(outbox.c.id.in_(bindparam("ids", expanding=True)), outbox.c.state == "sending")
     with engine.begin() as connection:
-        # One statement per provider message id: SendGrid gives one per request, so usually one per batch.
-        for message_id, ids in by_message_id.items():
+        if len(by_message_id) == 1 and len(result.accepted) == len(claimed.claimed_ids):
+            # The usual case: SendGrid took the whole batch, with one message id. The batch's `sending` rows are
+            # exactly the ones claimed (its pending rows are claimed all at once, and only one run can hold them
+            # until this record), so one statement by batch key, without a list of 1,000 ids.
+            ((message_id, _ids),) = by_message_id.items()
+            connection.execute(
+                update(outbox)
+                .where(outbox.c.batch_key == claimed.batch.batch_key, outbox.c.state == "sending")
+                .values(state="sent", provider_message_id=message_id, sent_at=now, updated_at=now, error=None)
+            )
+        elif len(by_message_id) == 1:
+            ((message_id, ids),) = by_message_id.items()
             connection.execute(update(outbox).where(sending).values(
                 state="sent", provider_message_id=message_id, sent_at=now, updated_at=now, error=None),
                 {"ids": ids})
+        elif by_message_id:  # one id per message (SMTP, mailbox): one executemany
+            connection.execute(
+                update(outbox).where(outbox.c.id == bindparam("oid"), outbox.c.state == "sending")
+                .values(state="sent", provider_message_id=bindparam("mid"), sent_at=now, updated_at=now, error=None),
+                [{"oid": oid, "mid": mid} for oid, mid in result.accepted.items()],
+            )
         if result.rejected:
             connection.execute(
                 update(outbox).where(outbox.c.id == bindparam("oid"), outbox.c.state == "sending")

@@ -1,5 +1,4 @@
 from alembic import context
-from sqlalchemy import pool
 
 from db.engine import get_engine
 from db.models import Base

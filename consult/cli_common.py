@@ -1,0 +1,17 @@
+"""Argument types shared by the `consult` command modules."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def parse_year(value: str) -> int:
+    """A round's year; a bad value is named in the error ("'next-year' is not a year")."""
+    if not value.strip().isdigit() or not 1900 <= int(value) <= 2999:
+        raise typer.BadParameter(f"{value!r} is not a year between 1900 and 2999")
+    return int(value)
+
+
+YearArg = Annotated[int, typer.Argument(help="The round's year, e.g. 2019.", parser=parse_year, metavar="YEAR")]
