@@ -162,7 +162,8 @@ def test_eusurvey_xlsx_skips_metadata_rows_above_the_header(tmp_path, questionna
     )
     read = read_response_file(path, questionnaire)
     assert (read.layout, read.file_format, read.encoding) == ("eusurvey", "xlsx", None)
-    assert any("skipped 3 metadata row(s)" in note or "skipped 2 metadata row(s)" in note for note in read.notes)
+    assert "skipped 3 metadata row(s) above the header" in read.notes
+    assert read.cells.index.tolist() == [5]  # the answer is on the sheet's row 5
     assert read.cells.iloc[0]["partnership_id"] == "ESCP4I-02"
     assert read.cells.iloc[0]["cooperation_agreements"] == "1"
 

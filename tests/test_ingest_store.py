@@ -313,3 +313,16 @@ def test_50_mb_file_is_ingested_in_one_transaction(engine, settings, round_2019,
     counts = summary.files[0]
     assert counts.rows == row
     assert (counts.accepted, counts.superseded, counts.quarantined) == (23, row - 23, 0)
+
+
+def test_file_without_submit_dates_counts_every_row_and_the_last_one_wins(engine, settings, round_2019, tmp_path):
+    """A plain export with no submit-date column: every row is complete; for two rows of one partnership the
+    later row in the file counts."""
+    header = HEADER.replace("submitted_at,", "")
+    path = write_csv(tmp_path, "nodates.csv", "ESCP4I-05,CA,other,1,yes,64,", "ESCP4I-05,US,other,3,no,70,",
+                     header=header)
+    summary = ingest(settings, 2019, path)
+    assert any("no submit-date column" in note for note in summary.files[0].notes)
+    rows = responses_by_code(engine)["ESCP4I-05"]
+    assert [(r.status, r.answers["cooperation_agreements"], r.submitted_at) for r in rows] == [
+        ("superseded", 1, None), ("accepted", 3, None)]

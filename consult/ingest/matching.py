@@ -58,8 +58,12 @@ def load_directory(session: Session, round_: Round, *, with_tokens: bool = True)
     ):
         key = email.strip().lower()
         emails[key] = partnership_id if emails.get(key, partnership_id) == partnership_id else AMBIGUOUS
-    hashes, ids, codes = zip(*participants, strict=True) if participants else ((), (), ())
-    upper_codes = [code.upper() for code in codes]
+    token_hashes: dict[str, int] = {}
+    codes: dict[str, int] = {}
+    for token_hash, partnership_id, code in participants:
+        codes[code.upper()] = partnership_id
+        if with_tokens:
+            token_hashes[token_hash] = partnership_id
     # Panel members not consulted in this round (few): to tell "not consulted" from "unknown".
     not_enrolled = connection.execute(
         select(Partnership.code).where(
@@ -71,11 +75,11 @@ def load_directory(session: Session, round_: Round, *, with_tokens: bool = True)
     return Directory(
         round_id=round_.id,
         year=round_.year,
-        token_hashes=dict(zip(hashes, ids, strict=True)) if with_tokens else {},
+        token_hashes=token_hashes,
         other_round_tokens=dict(other_tokens),
-        codes=dict(zip(upper_codes, ids, strict=True)),
+        codes=codes,
         emails=emails,
-        panel_codes=frozenset(upper_codes).union(code.upper() for code in not_enrolled),
+        panel_codes=frozenset(codes).union(code.upper() for code in not_enrolled),
     )
 
 
@@ -98,7 +102,8 @@ def match_partnerships(cells: pd.DataFrame, directory: Directory, match_by: list
     error = pd.Series("", index=index, dtype=object)
     pending = pd.Series(True, index=index)
 
-    tokens = cells["token"].astype(str).str.strip()
+    # The readers strip identity cells already.
+    tokens = cells["token"].astype(str)
     has_token = tokens != ""
     if has_token.any():
         hashes = _hash_tokens(tokens[has_token])
@@ -119,8 +124,8 @@ def match_partnerships(cells: pd.DataFrame, directory: Directory, match_by: list
         else:
             pending &= ~has_token
 
-    written = cells["partnership_id"].astype(str).str.strip()
-    codes = written.str.upper()
+    written = cells["partnership_id"].astype(str)
+    codes = pd.Series([code.upper() for code in written.tolist()], index=index, dtype=object)
     use_code = pending & (codes != "")
     if use_code.any():
         if "partnership_id" in match_by:
@@ -139,7 +144,7 @@ def match_partnerships(cells: pd.DataFrame, directory: Directory, match_by: list
             error[use_code] = "this questionnaire matches by token only: a partnership id is not enough"
         pending &= ~use_code
 
-    emails = cells["email"].astype(str).str.strip().str.lower()
+    emails = pd.Series([email.lower() for email in cells["email"].astype(str).tolist()], index=index, dtype=object)
     use_email = pending & (emails != "")
     if use_email.any():
         if "email" in match_by:

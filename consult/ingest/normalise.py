@@ -171,25 +171,35 @@ def answers_json(typed: pd.DataFrame, questionnaire: Questionnaire) -> pd.Series
     text, an int for integer, a float for number, a bool for yes_no, ``null`` when unanswered or not a valid
     value of its kind.
     """
+    # One "key": value fragment per distinct value, then one join per row.
     fragments: list[list[str]] = []
     for question in questionnaire.questions:
         code = question.code
         key = json.dumps(code) + ": "
+        null = key + "null"
         column = typed[code]
         if question.kind == "multi_select":
-            value = _per_value(column, lambda text: json.dumps(text.split(";")) if _SAFE_CODES.fullmatch(text) else "null")
+            value = _per_value(
+                column, lambda text, key=key: key + json.dumps(text.split(";")) if _SAFE_CODES.fullmatch(text) else None
+            )
         elif question.kind == "integer":
-            text_of = _per_value(column, lambda text: text if _INTEGER.fullmatch(text) else None)
-            value = _per_value(text_of, lambda text: str(int(text)) if abs(int(text)) < 2**53 else "null")
+            value = _per_value(
+                column,
+                lambda text, key=key: key + str(int(text)) if _INTEGER.fullmatch(text) and abs(int(text)) < 2**53 else None,
+            )
         elif question.kind == "number":
-            value = _per_value(typed[f"{code}__num"].astype(object).where(typed[f"{code}__num"].notna(), None),
-                               lambda text: text if text not in ("inf", "-inf") else "null")
+            number = typed[f"{code}__num"]
+            value = _per_value(
+                number.astype(object).where(number.notna() & number.abs().ne(float("inf")), None),
+                lambda text, key=key: key + text,
+            )
         elif question.kind == "yes_no":
-            value = column.map({"yes": "true", "no": "false"})
+            value = column.map({"yes": key + "true", "no": key + "false"})
+        elif question.kind == "single_select":
+            value = _per_value(column, lambda text, key=key: key + json.dumps(text))
         else:
-            value = _per_value(column, json.dumps) if question.kind == "single_select" else column.map(
-                json.dumps, na_action="ignore")
-        fragments.append([key + (text if isinstance(text, str) else "null") for text in value.tolist()])
+            value = pd.Series([key + json.dumps(text) if isinstance(text, str) else None for text in column.tolist()], dtype=object)
+        fragments.append([text if isinstance(text, str) else null for text in value.tolist()])
     return pd.Series(["{" + ", ".join(parts) + "}" for parts in zip(*fragments, strict=True)], index=typed.index,
                      dtype=object)
 

@@ -119,7 +119,7 @@ def validate_files(settings: Settings, year: int, matched: list[MatchedFile]) ->
             questionnaire,
             suite,
             limits=limits,
-            has_submit_date=not any(note.startswith("no submit-date column") for note in item.file.notes),
+            has_submit_date=item.file.has_submit_date,
             asset_name=item.file.name,
             data_docs_dir=docs,
         )

@@ -71,6 +71,7 @@ class ResponseFile:
     cells: pd.DataFrame
     question_columns: dict[str, list[str]]
     notes: list[str] = field(default_factory=list)
+    has_submit_date: bool = True
 
     @property
     def row_count(self) -> int:
@@ -107,7 +108,8 @@ def read_response_file(path: Path | str, questionnaire: Questionnaire) -> Respon
         encoding, delimiter = detect_csv_dialect(path)
         table, header_row, notes = _read_csv(path, encoding, delimiter)
         file_format = "csv"
-    table.index = pd.RangeIndex(header_row + 1, header_row + 1 + len(table), name="row_number")
+    if header_row is not None:
+        table.index = pd.RangeIndex(header_row + 1, header_row + 1 + len(table), name="row_number")
     layout = _detect_layout(table)
     cells, question_columns, mapping_notes = _canonical_cells(path, table, questionnaire, layout)
     return ResponseFile(
@@ -123,6 +125,7 @@ def read_response_file(path: Path | str, questionnaire: Questionnaire) -> Respon
         cells=cells,
         question_columns=question_columns,
         notes=notes + mapping_notes,
+        has_submit_date="submitted_at" in cells.attrs.get("identity_columns", ()),
     )
 
 
@@ -193,7 +196,7 @@ def _read_csv(path: Path, encoding: str, delimiter: str) -> tuple[pd.DataFrame, 
 # --- XLSX --------------------------------------------------------------------------------------------------
 
 
-def _read_xlsx(path: Path) -> tuple[pd.DataFrame, int, list[str]]:
+def _read_xlsx(path: Path) -> tuple[pd.DataFrame, int | None, list[str]]:
     # openpyxl parses with defusedxml when it is installed, which refuses entity declarations (billion laughs).
     import openpyxl
     from defusedxml import DefusedXmlException
@@ -215,19 +218,22 @@ def _read_xlsx(path: Path) -> tuple[pd.DataFrame, int, list[str]]:
         if isinstance(error, zipfile.BadZipFile | KeyError | OSError | ValueError | TypeError):
             raise ConsultError(f"{path}: not a readable XLSX file ({str(error).strip().splitlines()[0]})") from None
         raise ConsultError(f"{path}: not a readable XLSX file ({type(error).__name__}: {error})") from None
-    rows = [row for row in rows if any(cell != "" for cell in row)] if rows else []
-    if not rows:
+    # Keep the sheet's own row numbers (1-based) so that "row 7" means row 7 in Excel; skip empty rows.
+    numbered = [(number, row) for number, row in enumerate(rows, start=1) if any(cell != "" for cell in row)]
+    if not numbered:
         raise ConsultError(f"{path}: the workbook's first sheet is empty (not even a header row)")
-    header_index = _find_header_row(rows)
-    header = [cell.strip() for cell in rows[header_index]]
+    header_index = _find_header_row([row for _, row in numbered])
+    header_number, header_cells = numbered[header_index]
+    header = [cell.strip() for cell in header_cells]
     width = len(header)
-    body = [(row + [""] * width)[:width] for row in rows[header_index + 1 :]]
-    table = pd.DataFrame(body, columns=header, dtype=str) if body else pd.DataFrame(columns=header, dtype=str)
+    body = [(row + [""] * width)[:width] for _, row in numbered[header_index + 1 :]]
+    index = pd.Index([number for number, _ in numbered[header_index + 1 :]], name="row_number", dtype="int64")
+    table = pd.DataFrame(body, columns=header, index=index, dtype=str)
     _refuse_duplicate_headers(path, table)
     notes = ["read as XLSX (first sheet)"]
-    if header_index:
-        notes.append(f"skipped {header_index} metadata row(s) above the header")
-    return table, header_index + 1, notes
+    if header_number > 1:
+        notes.append(f"skipped {header_number - 1} metadata row(s) above the header")
+    return table, None, notes
 
 
 def _entity_refusal(error: BaseException, refusal_type: type[BaseException]) -> BaseException | None:
@@ -364,7 +370,11 @@ def _canonical_cells(
     empty = pd.Series("", index=table.index, dtype=str)
     canonical: dict[str, pd.Series] = {}
     for name in IDENTITY_FIELDS:
-        canonical[name] = table[identity[name]].str.strip() if name in identity else empty
+        canonical[name] = (
+            pd.Series([value.strip() for value in table[identity[name]].tolist()], index=table.index, dtype=str)
+            if name in identity
+            else empty
+        )
     for question in questionnaire.questions:
         code = question.code
         if code in single and code not in options:
@@ -382,6 +392,7 @@ def _canonical_cells(
         notes.append("no submit-date column: every row is taken as a complete submission")
     cells = pd.DataFrame(canonical, index=table.index)
     cells["complete"] = (cells["submitted_at"] != "") if "submitted_at" in identity else True
+    cells.attrs["identity_columns"] = tuple(identity)
     return cells, question_columns, notes
 
 

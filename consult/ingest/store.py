@@ -28,8 +28,10 @@ import datetime as dt
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from itertools import repeat
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.orm import Session
@@ -150,11 +152,6 @@ def _json_lines(frame: pd.DataFrame) -> list[str]:
     return frame.to_json(orient="records", lines=True, force_ascii=False).splitlines()
 
 
-def _chunks(length: int) -> Iterator[slice]:
-    for start in range(0, length, CHUNK_ROWS):
-        yield slice(start, min(start + CHUNK_ROWS, length))
-
-
 def write_rows(
     connection: Connection, *, round_id: int, file_id: int, rows: RowsToStore, now: dt.datetime | None = None
 ) -> dict[str, int]:
@@ -174,33 +171,25 @@ def write_rows(
     # Partial rows are not validated, so their warnings are the normaliser's only; all others carry both.
     warning_rows = set(rows.warnings)
 
-    def response_rows(part: slice) -> Iterator[tuple[Any, ...]]:
-        index = rows.raw.index[part]
-        keep = stored.iloc[part].to_numpy()
-        index = index[keep]
-        if len(index) == 0:
-            return
-        raw_json = _json_lines(rows.raw.loc[index])
-        warnings_json = [json.dumps(rows.warnings[r], ensure_ascii=False) if r in warning_rows else "[]"
-                         for r in index.tolist()]
-        yield from zip(
-            [round_id] * len(index),
-            [file_id] * len(index),
-            index.tolist(),
-            rows.partnership[index].astype("int64").tolist(),
-            rows.matched_by[index].tolist(),
-            submitted_text[index].tolist(),
-            status[index].tolist(),
-            raw_json,
-            rows.answers[index].tolist(),
-            warnings_json,
-            [now_text] * len(index),
-            strict=True,
-        )
+    # Positional arrays, computed once: label lookups per chunk would cost more than the insert itself.
+    positions = np.flatnonzero(stored.to_numpy())
+    row_numbers = rows.raw.index.to_numpy()
+    partnership = rows.partnership.to_numpy(dtype="float64", na_value=np.nan)
+    columns = [rows.matched_by.to_numpy(dtype=object), submitted_text.to_numpy(dtype=object),
+               status.to_numpy(dtype=object), rows.answers.to_numpy(dtype=object)]
 
     def all_response_rows() -> Iterator[tuple[Any, ...]]:
-        for part in _chunks(len(rows.raw)):
-            yield from response_rows(part)
+        for start in range(0, len(positions), CHUNK_ROWS):
+            chosen = positions[start : start + CHUNK_ROWS]
+            numbers = row_numbers[chosen].tolist()
+            matched_by, submitted, statuses, answers = (column[chosen].tolist() for column in columns)
+            warnings_json = [json.dumps(rows.warnings[r], ensure_ascii=False) if r in warning_rows else "[]"
+                             for r in numbers]
+            yield from zip(
+                repeat(round_id), repeat(file_id), numbers, partnership[chosen].astype("int64").tolist(),
+                matched_by, submitted, statuses, _json_lines(rows.raw.iloc[chosen]), answers, warnings_json,
+                repeat(now_text),
+            )
 
     bulk_insert(connection, "responses", RESPONSE_COLUMNS, all_response_rows())
 
