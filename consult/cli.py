@@ -152,7 +152,17 @@ def demo(
     typer.echo(f"mailbox:   {settings.resolved_mailbox_dir.resolve()}  (Maildir: open with `mutt -f` or any mail client)")
     for year, paths in results.items():
         for label, path in paths.items():
-            typer.echo(f"{year} {label + ':':<22} {path}")
+            typer.echo(f"{year} {label + ':':<26} {path}")
+    api_url = os.environ.get("PREFECT_API_URL")
+    if api_url:
+        ui_url = api_url.removesuffix("/api")
+        typer.echo(f"Prefect UI: {ui_url}/artifacts (keys dq-2019, summary-2019, dq-2020, summary-2020)")
+    else:
+        typer.echo(
+            "The Prefect artifacts (dq-YEAR, summary-YEAR) went to Prefect's temporary server, which stopped with the "
+            "demo. To browse them in the UI: `prefect server start` in another terminal, then "
+            "`PREFECT_API_URL=http://127.0.0.1:4200/api consult demo` and open http://127.0.0.1:4200/artifacts"
+        )
 
 
 def _parse_date(value: str, option: str) -> dt.date:

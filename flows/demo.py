@@ -6,6 +6,9 @@ from pathlib import Path
 
 from prefect import flow
 
+from consult.ingest.dq_report import report_path
+from consult.ingest.pipeline import data_docs_dir
+from consult.settings import get_settings
 from flows.consultation_round import consultation_round
 from tasks.rounds import import_panel_task, upgrade_database_task
 
@@ -26,8 +29,16 @@ def reference_demo(examples_dir: str, out_dir: str | None = None) -> dict[int, d
             closes_on=closes_on,
             out_dir=out_dir,
         )
-        published[year] = result.paths_by_label()
+        published[year] = result.paths_by_label() | data_quality_paths(year)
     return published
+
+
+def data_quality_paths(year: int) -> dict[str, str]:
+    settings = get_settings()
+    return {
+        "data-quality report": str(report_path(settings.output_dir, year)),
+        "Data Docs": str(data_docs_dir(settings, year) / "index.html"),
+    }
 
 
 def run_demo(examples_dir: Path, out_dir: Path | None) -> dict[int, dict[str, str]]:

@@ -30,7 +30,8 @@ CLOSES = dt.date(2019, 6, 30)
         (dt.date(2019, 7, 1), False, None),  # after closing, the schedule is over
         (dt.date(2019, 6, 10), True, 20),  # forced: its own sequence, 20 days before closing
         (dt.date(2019, 6, 16), True, 14),  # forced on a scheduled day: the same reminder, not a second one
-        (dt.date(2019, 7, 2), True, -2),  # forced after the closing date while the round is still open
+        (dt.date(2019, 7, 2), True, -1),  # forced after the closing date while the round is open: the last call
+        (dt.date(2019, 7, 9), True, -1),  # forced again a week later: the same last call, not a second reminder
     ],
 )
 def test_the_reminder_due_on_a_day_is_numbered_by_its_days_before_closing(today, force, expected):

@@ -106,8 +106,13 @@ def quarantine_table(summary: IngestSummary, quarantined: list[dict[str, Any]]) 
     return table
 
 
+def report_path(output_dir: Path, year: int) -> Path:
+    """Where the data-quality report of round ``year`` is written (also posted as the artifact ``dq-YEAR``)."""
+    return output_dir / "data-quality" / f"dq-{year}.md"
+
+
 def write_report(output_dir: Path, year: int, markdown: str) -> Path:
-    path = output_dir / "data-quality" / f"dq-{year}.md"
+    path = report_path(output_dir, year)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(markdown, encoding="utf-8")
     return path
