@@ -128,16 +128,6 @@ def round_close(year: YearArg) -> None:
     typer.echo(f"round {year} is {status}")
 
 
-@app.command("invite")
-def invite(year: YearArg) -> None:
-    """Send the round's invitations (each partnership's contacts get exactly one)."""
-    from flows.mailing import send_invitations
-
-    _engine()
-    report = send_invitations(year)
-    typer.echo(f"invitations for {year}: {report}")
-
-
 @app.command("demo")
 def demo(
     out: Annotated[Path | None, typer.Option(help="Output folder (default: CONSULT_OUTPUT_DIR).")] = None,

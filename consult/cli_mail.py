@@ -16,13 +16,24 @@ webhook_app = typer.Typer(help="SendGrid Event Webhook receiver.", no_args_is_he
 app.add_typer(webhook_app, name="webhook")
 
 
-
 def _engine():  # type: ignore[no-untyped-def]
     from db.engine import get_engine, require_schema
 
     engine = get_engine(get_settings().resolved_database_url)
     require_schema(engine)
     return engine
+
+
+@app.command("invite")
+def invite(year: YearArg) -> None:
+    """Send the round's invitations: each active contact of each partnership gets exactly one, with its
+    partnership's own response link; a re-run sends only what is still missing."""
+    from flows.mailing import send_invitations
+
+    _engine()
+    report = send_invitations(year)
+    typer.echo(f"invitations for {year}: {report}")
+    _exit_on_problems(report)
 
 
 @app.command("remind")
