@@ -13,21 +13,35 @@ from consult.settings import get_settings
 app = typer.Typer(no_args_is_help=True)
 
 
-
 @app.command("publish")
 def publish(
     year: YearArg,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: CONSULT_OUTPUT_DIR); "
                                              "files go to OUT/YEAR/.")] = None,
+    send_to: Annotated[Path | None, typer.Option(
+        "--send-to", metavar="STAKEHOLDERS.csv",
+        help="Then email the summary (narrative and key figures, summary HTML attached) to each address of this "
+             "CSV file (columns: email,name) through the mailer (CONSULT_MAIL_BACKEND). Once per address and "
+             "published content: a re-run sends nothing again; a re-publication with changed figures sends the "
+             "new summary. The whole file is checked first: a bad row stops everything, nothing is sent.")] = None,
 ) -> None:
-    """Compute the round's indicators and write its summary (HTML, Markdown) and indicator CSV under OUT/YEAR/."""
+    """Compute the round's indicators and write its summary (HTML, Markdown) and indicator CSV under OUT/YEAR/;
+    with --send-to, also email the summary to a stakeholder list."""
     from db.engine import get_engine, require_schema
-    from flows.publish import compute_and_publish
+    from flows.publish import compute_and_publish, publish_and_send_summary
 
     require_schema(get_engine(get_settings().resolved_database_url))
-    result = compute_and_publish(year, str(out) if out else None)
+    if send_to is None:
+        result = compute_and_publish(year, str(out) if out else None)
+    else:
+        from consult.publish_send import read_stakeholders
+
+        read_stakeholders(send_to)  # a bad file is one clear error before anything is published or sent
+        result, mail_report = publish_and_send_summary(year, str(send_to), str(out) if out else None)
     for label, path in result.paths_by_label().items():
         typer.echo(f"{label + ':':<22} {path}")
+    if send_to is not None:
+        typer.echo(f"{'summary mail:':<22} {mail_report}")
 
 
 @app.command("indicators")

@@ -11,6 +11,8 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
+import pandas as pd
 from sqlalchemy import Connection, column, table
 
 SQLITE_BULK_CACHE_KIB = 256 * 1024
@@ -82,6 +84,27 @@ def timestamp_format(connection: Connection) -> str:
     if connection.dialect.name == "sqlite":
         return "%Y-%m-%d %H:%M:%S.%f"
     return "%Y-%m-%d %H:%M:%S.%f+00:00"
+
+
+def timestamp_texts(connection: Connection, values: pd.Series) -> np.ndarray:
+    """UTC timestamps (tz-aware, or naive UTC) as :func:`timestamp_format` text, ``None`` for NaT.
+
+    Vectorised through numpy: ``Series.dt.strftime`` costs 1.4 µs a value, 1.4 s for a million-row file.
+    """
+    naive = values.dt.tz_convert("UTC").dt.tz_localize(None) if values.dt.tz is not None else values
+    text = np.datetime_as_string(naive.to_numpy(dtype="datetime64[us]"), unit="us")  # 2019-03-01T10:00:00.000000
+    if text.dtype != np.dtype("<U26"):  # a year outside 0000-9999 (or no rows): the slow exact path
+        formatted = np.array(values.dt.strftime(timestamp_format(connection)), dtype=object)
+    else:
+        text = text.copy()
+        if connection.dialect.name == "sqlite":
+            # SQLAlchemy's SQLite format has a space between date and time: set that one character in place.
+            text.view(np.uint32).reshape(-1, 26)[:, 10] = ord(" ")
+            formatted = np.array(text, dtype=object)
+        else:
+            formatted = np.array(np.char.add(text, "+00:00"), dtype=object)
+    formatted[values.isna().to_numpy()] = None
+    return formatted
 
 
 def fetch_all(connection: Connection, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

@@ -16,12 +16,14 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -134,16 +136,21 @@ class OutboxMessage(Base):
     __table_args__ = (
         UniqueConstraint("round_id", "partnership_id", "contact_id", "kind", "sequence"),
         Index("ix_outbox_round_state", "round_id", "state"),
+        # Stakeholders (the published summary) are no panel contacts: no partnership, no contact, and NULLs never
+        # collide in the key above, so their "send once" is this key on the address instead.
+        Index("ux_outbox_stakeholder", "round_id", "kind", "sequence", "recipient", unique=True,
+              sqlite_where=text("partnership_id IS NULL"), postgresql_where=text("partnership_id IS NULL")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
-    partnership_id: Mapped[int] = mapped_column(ForeignKey("partnerships.id"))
-    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    partnership_id: Mapped[int | None] = mapped_column(ForeignKey("partnerships.id"))  # NULL: a stakeholder
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"))  # NULL: a stakeholder
     kind: Mapped[str] = mapped_column(String(16))  # invitation | reminder | thank_you | summary
     sequence: Mapped[int] = mapped_column(Integer, default=0)
     state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|sending|sent|failed|unknown|skipped
     recipient: Mapped[str] = mapped_column(String(320))
+    recipient_name: Mapped[str | None] = mapped_column(String(300))  # a stakeholder's name (contacts have theirs)
     batch_key: Mapped[str | None] = mapped_column(String(64), index=True)
     provider_message_id: Mapped[str | None] = mapped_column(String(200), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -174,7 +181,9 @@ class IngestedFile(Base):
     """A response file as received: ingesting the same bytes again for the same round changes nothing."""
 
     __tablename__ = "ingested_files"
-    __table_args__ = (UniqueConstraint("round_id", "sha256"),)
+    # (id, round_id) is the target of responses' foreign key: one check per response row ties it to its file
+    # and to that file's round.
+    __table_args__ = (UniqueConstraint("round_id", "sha256"), UniqueConstraint("id", "round_id"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
@@ -197,19 +206,27 @@ class Response(Base):
     __table_args__ = (
         UniqueConstraint("file_id", "row_number"),
         Index("ix_responses_round_status", "round_id", "status"),
+        # One composite key instead of one per column: a foreign-key check costs a lookup per inserted row
+        # (a million on a big file), and this one also guarantees the response's round is its file's round.
+        # Deleting a round still cascades, through its files.
+        ForeignKeyConstraint(
+            ["file_id", "round_id"], ["ingested_files.id", "ingested_files.round_id"], ondelete="CASCADE"
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
-    file_id: Mapped[int] = mapped_column(ForeignKey("ingested_files.id", ondelete="CASCADE"))
+    round_id: Mapped[int] = mapped_column(Integer)
+    file_id: Mapped[int] = mapped_column(Integer)
     row_number: Mapped[int] = mapped_column(Integer)
     partnership_id: Mapped[int] = mapped_column(ForeignKey("partnerships.id"), index=True)
     matched_by: Mapped[str] = mapped_column(String(16))
     submitted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(String(16))
-    raw: Mapped[dict[str, Any]] = mapped_column(JSONType)
-    answers: Mapped[dict[str, Any]] = mapped_column(JSONType)
-    warnings: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    # Plain JSON (text, validated on input), not JSONB: a million-row ingest COPYs these three columns, and
+    # JSONB's decomposition costs more there than it ever saves, since nothing queries inside them in SQL.
+    raw: Mapped[dict[str, Any]] = mapped_column(JSON)
+    answers: Mapped[dict[str, Any]] = mapped_column(JSON)
+    warnings: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -73,6 +73,7 @@ class SendGridStub:
     crash_pid: int | None = None
     accepted: list[Accepted] = field(default_factory=list)
     requests: list[tuple[float, int]] = field(default_factory=list)  # (time, status) of every request
+    bodies: list[dict[str, Any]] = field(default_factory=list)  # every accepted request, as sent
     port: int = field(default_factory=free_port)
     _server: ThreadingHTTPServer | None = None
     _limited_until: float = 0.0
@@ -149,6 +150,7 @@ class SendGridStub:
         x_message_id = uuid.uuid4().hex[:22]
         crash = False
         with self._lock:
+            self.bodies.append(request)
             for index, item in enumerate(personalizations):
                 self.accepted.append(Accepted(
                     outbox_id=int(item["custom_args"]["outbox_id"]), email=item["to"][0]["email"],

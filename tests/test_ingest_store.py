@@ -135,7 +135,7 @@ def test_bad_integer_is_quarantined_with_the_expectation_and_the_value(engine, s
     assert reasons_of(row) == rules
     assert all(reason["column"] == "cooperation_agreements" for reason in row.reasons)
     assert {reason["expectation"] for reason in row.reasons} <= {
-        "expect_column_values_to_match_regex", "expect_column_values_to_be_between"}
+        "expect_column_values_to_be_in_set", "expect_column_values_to_be_between"}
 
 
 def test_unknown_option_code_is_quarantined_naming_the_code(engine, settings, round_2019, tmp_path):

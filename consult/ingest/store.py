@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 
 from consult.errors import ConsultError
 from consult.ingest.normalise import Reason
-from db.bulk import bulk_insert, timestamp_format
+from db.bulk import bulk_insert, timestamp_format, timestamp_texts
 from db.models import IngestedFile, Partnership, QuarantinedRow, Response, Round
 
 RESPONSE_COLUMNS = (
@@ -165,9 +165,7 @@ def write_rows(
         connection.execute(
             update(Response).where(Response.id.in_(earlier)).values(status="superseded"),
         )
-    ts_format = timestamp_format(connection)
-    submitted_text = rows.submitted_at.dt.strftime(ts_format).astype(object)
-    submitted_text = submitted_text.where(rows.submitted_at.notna(), None)
+    submitted_text = timestamp_texts(connection, rows.submitted_at)
     # Partial rows are not validated, so their warnings are the normaliser's only; all others carry both.
     warning_rows = set(rows.warnings)
 
@@ -175,7 +173,7 @@ def write_rows(
     positions = np.flatnonzero(stored.to_numpy())
     row_numbers = rows.raw.index.to_numpy()
     partnership = rows.partnership.to_numpy(dtype="float64", na_value=np.nan)
-    columns = [rows.matched_by.to_numpy(dtype=object), submitted_text.to_numpy(dtype=object),
+    columns = [rows.matched_by.to_numpy(dtype=object), submitted_text,
                status.to_numpy(dtype=object), rows.answers.to_numpy(dtype=object)]
 
     def all_response_rows() -> Iterator[tuple[Any, ...]]:

@@ -61,6 +61,15 @@ class Recipient:
 
 
 @dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file sent with every message of a batch (the published summary)."""
+
+    filename: str
+    content_type: str  # "text/html"
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class OutgoingBatch:
     """Up to 1,000 messages of one kind, one language, one content."""
 
@@ -70,6 +79,7 @@ class OutgoingBatch:
     content: Content
     categories: tuple[str, ...]
     recipients: list[Recipient]
+    attachments: tuple[Attachment, ...] = ()
 
 
 @dataclass(slots=True)
@@ -130,4 +140,8 @@ def build_email(batch: OutgoingBatch, recipient: Recipient, *, message_id_domain
         message["Message-ID"] = make_msgid(idstring=f"outbox-{recipient.outbox_id}", domain=message_id_domain)
     message.set_content(personalise(batch.content.text, recipient.substitutions))
     message.add_alternative(personalise(batch.content.html, recipient.substitutions), subtype="html")
+    for attachment in batch.attachments:  # the message becomes multipart/mixed: the bodies, then the files
+        maintype, _, subtype = attachment.content_type.partition("/")
+        message.add_attachment(attachment.data, maintype=maintype, subtype=subtype or "octet-stream",
+                               filename=single_line(attachment.filename))
     return message

@@ -242,7 +242,8 @@ def claim(engine: Engine, batch_key: str, *, mail_from: str, url_template: str,
           token_secret: bytes) -> ClaimedBatch | None:
     """Re-check eligibility, then take the batch's pending rows for this run (``sending``, committed)."""
     now = utcnow()
-    in_batch = and_(outbox.c.batch_key == batch_key, outbox.c.state == "pending")
+    # Stakeholder rows (no partnership) are claimed by consult.publish_send, which knows their content.
+    in_batch = and_(outbox.c.batch_key == batch_key, outbox.c.state == "pending", outbox.c.partnership_id.is_not(None))
     with engine.begin() as connection:
         skip = update(outbox).values(state="skipped", updated_at=now)
         round_closed = exists().where(rounds.c.id == outbox.c.round_id, rounds.c.status != "open")

@@ -8,6 +8,7 @@ the prefix of their ``sg_message_id``.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import logging
@@ -92,7 +93,7 @@ class SendGridMailer:
             if recipient.substitutions:
                 personalization["substitutions"] = dict(recipient.substitutions)
             personalizations.append(personalization)
-        return {
+        body: dict[str, Any] = {
             "personalizations": personalizations,
             "from": sender,
             "subject": single_line(batch.content.subject),
@@ -103,6 +104,13 @@ class SendGridMailer:
             ],
             "categories": list(batch.categories),
         }
+        if batch.attachments:
+            body["attachments"] = [
+                {"content": base64.b64encode(attachment.data).decode("ascii"), "type": attachment.content_type,
+                 "filename": single_line(attachment.filename), "disposition": "attachment"}
+                for attachment in batch.attachments
+            ]
+        return body
 
     def post(self, body: dict[str, Any]) -> Any:
         """One Mail Send call with the sendgrid client (its http client; ``send()`` cannot take a timeout)."""

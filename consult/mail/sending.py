@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from consult.errors import ConsultError
 from consult.mail.mailer import Mailer
 from consult.mail.message import BatchResult, TransientMailError
-from consult.mail.outbox import BatchOutcome, claim, record
+from consult.mail.outbox import BatchOutcome, ClaimedBatch, claim, record
 from consult.settings import Settings
 
 
@@ -23,6 +23,11 @@ def send_batch(engine: Engine, settings: Settings, mailer: Mailer, batch_key: st
     )
     if claimed is None:
         return BatchOutcome(batch_key=batch_key, claimed=0, sent=0, failed=0, unknown=0, released=0)
+    return send_claimed(engine, mailer, claimed)
+
+
+def send_claimed(engine: Engine, mailer: Mailer, claimed: ClaimedBatch) -> BatchOutcome:
+    """Hand a claimed batch to the mailer and record the answer (whatever kind of message it holds)."""
     try:
         result = mailer.send(claimed.batch)
     except TransientMailError as error:

@@ -102,17 +102,19 @@ def upgrade() -> None:
     sa.Column('ingested_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['round_id'], ['rounds.id'], name=op.f('fk_ingested_files_round_id_rounds'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_ingested_files')),
+    sa.UniqueConstraint('id', 'round_id', name=op.f('uq_ingested_files_id')),
     sa.UniqueConstraint('round_id', 'sha256', name=op.f('uq_ingested_files_round_id'))
     )
     op.create_table('outbox',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('round_id', sa.Integer(), nullable=False),
-    sa.Column('partnership_id', sa.Integer(), nullable=False),
-    sa.Column('contact_id', sa.Integer(), nullable=False),
+    sa.Column('partnership_id', sa.Integer(), nullable=True),
+    sa.Column('contact_id', sa.Integer(), nullable=True),
     sa.Column('kind', sa.String(length=16), nullable=False),
     sa.Column('sequence', sa.Integer(), nullable=False),
     sa.Column('state', sa.String(length=16), nullable=False),
     sa.Column('recipient', sa.String(length=320), nullable=False),
+    sa.Column('recipient_name', sa.String(length=300), nullable=True),
     sa.Column('batch_key', sa.String(length=64), nullable=True),
     sa.Column('provider_message_id', sa.String(length=200), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
@@ -130,6 +132,9 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_outbox_batch_key'), ['batch_key'], unique=False)
         batch_op.create_index(batch_op.f('ix_outbox_provider_message_id'), ['provider_message_id'], unique=False)
         batch_op.create_index('ix_outbox_round_state', ['round_id', 'state'], unique=False)
+        batch_op.create_index('ux_outbox_stakeholder', ['round_id', 'kind', 'sequence', 'recipient'], unique=True,
+                              sqlite_where=sa.text('partnership_id IS NULL'),
+                              postgresql_where=sa.text('partnership_id IS NULL'))
 
     op.create_table('publications',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -184,13 +189,12 @@ def upgrade() -> None:
     sa.Column('matched_by', sa.String(length=16), nullable=False),
     sa.Column('submitted_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('status', sa.String(length=16), nullable=False),
-    sa.Column('raw', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('answers', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('warnings', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
+    sa.Column('raw', sa.JSON(), nullable=False),
+    sa.Column('answers', sa.JSON(), nullable=False),
+    sa.Column('warnings', sa.JSON(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['file_id'], ['ingested_files.id'], name=op.f('fk_responses_file_id_ingested_files'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['file_id', 'round_id'], ['ingested_files.id', 'ingested_files.round_id'], name=op.f('fk_responses_file_id_ingested_files'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['partnership_id'], ['partnerships.id'], name=op.f('fk_responses_partnership_id_partnerships')),
-    sa.ForeignKeyConstraint(['round_id'], ['rounds.id'], name=op.f('fk_responses_round_id_rounds'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_responses')),
     sa.UniqueConstraint('file_id', 'row_number', name=op.f('uq_responses_file_id'))
     )
@@ -245,6 +249,7 @@ def downgrade() -> None:
 
     op.drop_table('publications')
     with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.drop_index('ux_outbox_stakeholder')
         batch_op.drop_index('ix_outbox_round_state')
         batch_op.drop_index(batch_op.f('ix_outbox_provider_message_id'))
         batch_op.drop_index(batch_op.f('ix_outbox_batch_key'))
