@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+from sqlalchemy import Engine
 
 from consult.cli_common import YearArg
 from consult.errors import ConsultError
 from consult.settings import EXAMPLES_DIR, get_settings
+from db.engine import open_database
 
 app = typer.Typer(
     help="Run yearly consultations of a panel of partnerships: invite, remind, ingest, validate, publish.",
@@ -33,12 +35,8 @@ app.add_typer(round_app, name="round")
 
 
 
-def _engine():  # type: ignore[no-untyped-def]
-    from db.engine import get_engine, require_schema
-
-    engine = get_engine(get_settings().resolved_database_url)
-    require_schema(engine)
-    return engine
+def _engine() -> Engine:
+    return open_database(get_settings().resolved_database_url)
 
 
 @db_app.command("upgrade")

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from sqlalchemy import Engine
 
 from consult.cli_common import YearArg
 from consult.errors import ConsultError
 from consult.settings import get_settings
+from db.engine import open_database
 
 app = typer.Typer(no_args_is_help=True)
 quarantine_app = typer.Typer(help="Review quarantined rows: list, show, accept after a fix, reject.", no_args_is_help=True)
@@ -21,12 +23,8 @@ quarantine_app = typer.Typer(help="Review quarantined rows: list, show, accept a
 RowArg = Annotated[int, typer.Argument(help="The quarantined row's id (see `consult quarantine list`).")]
 
 
-def _engine():  # type: ignore[no-untyped-def]
-    from db.engine import get_engine, require_schema
-
-    engine = get_engine(get_settings().resolved_database_url)
-    require_schema(engine)
-    return engine
+def _engine() -> Engine:
+    return open_database(get_settings().resolved_database_url)
 
 
 @app.command("ingest")

@@ -6,22 +6,20 @@ import datetime as dt
 from typing import Annotated
 
 import typer
+from sqlalchemy import Engine
 
 from consult.cli_common import YearArg
 from consult.errors import ConsultError
 from consult.settings import get_settings
+from db.engine import open_database
 
 app = typer.Typer(no_args_is_help=True)
 webhook_app = typer.Typer(help="SendGrid Event Webhook receiver.", no_args_is_help=True)
 app.add_typer(webhook_app, name="webhook")
 
 
-def _engine():  # type: ignore[no-untyped-def]
-    from db.engine import get_engine, require_schema
-
-    engine = get_engine(get_settings().resolved_database_url)
-    require_schema(engine)
-    return engine
+def _engine() -> Engine:
+    return open_database(get_settings().resolved_database_url)
 
 
 @app.command("invite")

@@ -81,6 +81,18 @@ def upgrade(url: str, revision: str = "head") -> None:
         raise ConsultError(f"cannot reach the database {_redact(url)}: {str(error.orig).strip().splitlines()[0]}") from None
 
 
+def open_database(url: str) -> Engine:
+    """The engine for ``url``, once its schema is known to exist (a clear error otherwise)."""
+    engine = get_engine(url)
+    if url not in _SCHEMA_CHECKED:
+        require_schema(engine)
+        _SCHEMA_CHECKED.add(url)
+    return engine
+
+
+_SCHEMA_CHECKED: set[str] = set()
+
+
 def require_schema(engine: Engine) -> None:
     if not inspect(engine).has_table("rounds"):
         raise ConsultError(

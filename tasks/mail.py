@@ -14,6 +14,7 @@ from prefect import task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
 from prefect.tasks import exponential_backoff
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from consult.mail import outbox
@@ -22,13 +23,11 @@ from consult.mail.message import TransientMailError
 from consult.mail.outbox import BatchOutcome, MailReport
 from consult.mail.sending import send_batch
 from consult.settings import get_settings
-from db.engine import get_engine, require_schema
+from db.engine import open_database
 
 
-def _engine():  # type: ignore[no-untyped-def]
-    engine = get_engine(get_settings().resolved_database_url)
-    require_schema(engine)
-    return engine
+def _engine() -> Engine:
+    return open_database(get_settings().resolved_database_url)
 
 
 def _retry_transient(task, task_run, state) -> bool:  # type: ignore[no-untyped-def]

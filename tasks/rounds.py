@@ -10,7 +10,7 @@ from prefect import task
 from consult.panel import PanelImportReport, import_panel
 from consult.rounds import RoundInfo, close_round, open_round
 from consult.settings import get_settings
-from db.engine import get_engine, require_schema, session_scope, upgrade
+from db.engine import open_database, session_scope, upgrade
 
 
 @task(name="upgrade-database")
@@ -20,18 +20,14 @@ def upgrade_database_task() -> None:
 
 @task(name="import-panel")
 def import_panel_task(panel_path: str) -> PanelImportReport:
-    engine = get_engine(get_settings().resolved_database_url)
-    require_schema(engine)
-    with session_scope(engine) as session:
+    with session_scope(open_database(get_settings().resolved_database_url)) as session:
         return import_panel(session, Path(panel_path))
 
 
 @task(name="open-round")
 def open_round_task(year: int, questionnaire_path: str, closes_on: str | None = None) -> RoundInfo:
     settings = get_settings()
-    engine = get_engine(settings.resolved_database_url)
-    require_schema(engine)
-    with session_scope(engine) as session:
+    with session_scope(open_database(settings.resolved_database_url)) as session:
         return open_round(
             session,
             year=year,
@@ -45,6 +41,5 @@ def open_round_task(year: int, questionnaire_path: str, closes_on: str | None = 
 
 @task(name="close-round")
 def close_round_task(year: int) -> str:
-    engine = get_engine(get_settings().resolved_database_url)
-    with session_scope(engine) as session:
+    with session_scope(open_database(get_settings().resolved_database_url)) as session:
         return close_round(session, year).status
