@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, column, table
 
-SQLITE_BULK_CACHE_KIB = 256 * 1024
+SQLITE_BULK_CACHE_KIB = 64 * 1024
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -91,8 +91,8 @@ def timestamp_texts(connection: Connection, values: pd.Series) -> np.ndarray:
 
     Vectorised through numpy: ``Series.dt.strftime`` costs 1.4 µs a value, 1.4 s for a million-row file.
     """
-    naive = values.dt.tz_convert("UTC").dt.tz_localize(None) if values.dt.tz is not None else values
-    text = np.datetime_as_string(naive.to_numpy(dtype="datetime64[us]"), unit="us")  # 2019-03-01T10:00:00.000000
+    # to_numpy of a tz-aware series gives its UTC instants (a tz_convert/tz_localize pair costs 1.4 s a million).
+    text = np.datetime_as_string(values.to_numpy(dtype="datetime64[us]"), unit="us")  # 2019-03-01T10:00:00.000000
     if text.dtype != np.dtype("<U26"):  # a year outside 0000-9999 (or no rows): the slow exact path
         formatted = np.array(values.dt.strftime(timestamp_format(connection)), dtype=object)
     else:

@@ -210,7 +210,7 @@ def test_storing_twice_keeps_one_row_per_round_indicator_and_dimension(engine, r
             IndicatorValue.dimension == "market=IN")).one()
         assert (stored.value, stored.previous_value, stored.rank, stored.previous_rank) == (4, 3, 5, 7)
         # A correction: the only partnership selecting Taiwan in 2020 no longer does.
-        taiwan = [r for r in session.scalars(select(Response).join(Round).where(
+        taiwan = [r for r in session.scalars(select(Response).join(Round, Round.id == Response.round_id).where(
             Round.year == 2020, Response.status == "accepted")) if "TW" in (r.answers.get("markets") or [])]
         assert len(taiwan) == market_counts(2020)["TW"] == 1
         taiwan[0].answers = {**taiwan[0].answers, "markets": [c for c in taiwan[0].answers["markets"] if c != "TW"]}

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from consult.questionnaire import ISO3166, Question, Questionnaire
@@ -198,10 +199,21 @@ def answers_json(typed: pd.DataFrame, questionnaire: Questionnaire) -> pd.Series
         elif question.kind == "single_select":
             value = _per_value(column, lambda text, key=key: key + json.dumps(text))
         else:
-            value = pd.Series([key + json.dumps(text) if isinstance(text, str) else None for text in column.tolist()], dtype=object)
-        fragments.append([text if isinstance(text, str) else null for text in value.tolist()])
+            # Free text is mostly distinct: orjson writes it 5x faster than json.dumps (same JSON value).
+            value = pd.Series([key + _json_string(text) if isinstance(text, str) else None for text in column.tolist()],
+                              dtype=object)
+        cells = np.array(value, dtype=object)
+        cells[pd.isna(cells)] = null
+        fragments.append(cells.tolist())
     return pd.Series(["{" + ", ".join(parts) + "}" for parts in zip(*fragments, strict=True)], index=typed.index,
                      dtype=object)
+
+
+def _json_string(text: str) -> str:
+    try:
+        return orjson.dumps(text).decode()
+    except orjson.JSONEncodeError:  # a lone surrogate, which orjson refuses and json escapes
+        return json.dumps(text)
 
 
 _SAFE_CODES = re.compile(r"[^\"\\;]+(;[^\"\\;]+)*")
