@@ -16,7 +16,7 @@ import typer
 from sqlalchemy import Engine
 
 from consult.cli_common import YearArg
-from consult.errors import ConsultError
+from consult.errors import ConsultError, find_cause
 from consult.settings import EXAMPLES_DIR, get_settings
 from db.engine import open_database
 
@@ -201,22 +201,10 @@ def _report_unexpected(error: BaseException) -> None:
         sys.exit(130)
     if os.environ.get("CONSULT_DEBUG"):
         raise error
-    cause = _root_consult_error(error)
+    cause = find_cause(error, ConsultError)
     if cause is not None:
         typer.echo(f"error: {cause}", err=True)
     else:
         first_line = (str(error).strip().splitlines() or [""])[0]
         typer.echo(f"error: {type(error).__name__}: {first_line} (set CONSULT_DEBUG=1 for details)", err=True)
     sys.exit(1)
-
-
-
-def _root_consult_error(error: BaseException) -> ConsultError | None:
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, ConsultError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None

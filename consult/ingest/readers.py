@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from consult.errors import ConsultError
+from consult.errors import ConsultError, find_cause
 from consult.questionnaire import Questionnaire
 
 Layout = Literal["plain", "limesurvey", "eusurvey"]
@@ -238,14 +238,7 @@ def _read_xlsx(path: Path) -> tuple[pd.DataFrame, int | None, list[str]]:
 
 def _entity_refusal(error: BaseException, refusal_type: type[BaseException]) -> BaseException | None:
     """The defusedxml refusal behind an openpyxl error, if that is what it is."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, refusal_type):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
+    return find_cause(error, refusal_type)
 
 
 def _find_header_row(rows: list[list[str]]) -> int:
