@@ -16,8 +16,11 @@ class MailboxMailer:
         self.directory = directory
 
     def send(self, batch: OutgoingBatch) -> BatchResult:
-        self.directory.parent.mkdir(parents=True, exist_ok=True)
-        box = mailbox.Maildir(self.directory, create=True)
+        # Batches are sent in parallel: create the Maildir's folders idempotently, since
+        # mailbox.Maildir(create=True) fails when another batch creates them at the same moment.
+        for sub in ("tmp", "new", "cur"):
+            (self.directory / sub).mkdir(parents=True, exist_ok=True)
+        box = mailbox.Maildir(self.directory, create=False)
         result = BatchResult()
         for recipient in batch.recipients:
             # Maildir delivery writes to tmp/ then renames into new/: a message is either whole or absent.
