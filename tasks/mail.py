@@ -42,6 +42,15 @@ def _retry_transient(task, task_run, state) -> bool:  # type: ignore[no-untyped-
     return False
 
 
+# Every batch of mail (invitations, reminders, summaries) retries alike: only what may go away by itself.
+MAIL_BATCH_RETRIES = {
+    "retries": 6,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=1),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": _retry_transient,
+}
+
+
 @task(name="due-reminder", cache_policy=NONE)
 def due_reminder_task(year: int, force: bool, today: dt.date | None) -> int | None:
     return outbox.reminder_sequence(_engine(), year, force=force, today=today or dt.date.today())
@@ -71,10 +80,7 @@ def start_progress_task(year: int, kind: str, sequence: int | None, batches: int
 @task(
     name="send-mail-batch",
     cache_policy=NONE,
-    retries=6,
-    retry_delay_seconds=exponential_backoff(backoff_factor=1),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=_retry_transient,
+    **MAIL_BATCH_RETRIES,
 )
 def send_mail_batch_task(batch_key: str, progress_id: UUID | None = None) -> BatchOutcome:
     settings = get_settings()

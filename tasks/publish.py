@@ -8,7 +8,6 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
-from prefect.tasks import exponential_backoff
 
 from consult.indicators import TABLE_COLUMNS, IndicatorReport, format_number
 from consult.mail import outbox
@@ -26,7 +25,7 @@ from consult.publish_send import (
 )
 from consult.settings import get_settings
 from db.engine import get_engine, require_schema, session_scope
-from tasks.mail import _retry_transient  # the same rule: retry rate limits and outages, not refusals
+from tasks.mail import MAIL_BATCH_RETRIES  # the same rule: retry rate limits and outages, not refusals
 
 
 @task(name="publish-summary", cache_policy=NONE)
@@ -93,10 +92,7 @@ def plan_summary_mail_task(result: PublishResult, stakeholders: list[Stakeholder
 @task(
     name="send-summary-batch",
     cache_policy=NONE,
-    retries=6,
-    retry_delay_seconds=exponential_backoff(backoff_factor=1),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=_retry_transient,
+    **MAIL_BATCH_RETRIES,
 )
 def send_summary_batch_task(batch_key: str, mail: SummaryMail) -> BatchOutcome:
     settings = get_settings()
