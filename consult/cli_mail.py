@@ -77,7 +77,8 @@ def outbox_status(
     year: YearArg,
     problems: Annotated[bool, typer.Option("--problems", help="List only failed, unknown and skipped messages.")] = False,
 ) -> None:
-    """The outbox of a round: counts per kind and state, then one line per message (problems first)."""
+    """The outbox of a round: counts per kind and state, then one line per message (problems first), the
+    stakeholders' copies of the published summary included."""
     from consult.mail import outbox
 
     engine = _engine()
@@ -95,7 +96,9 @@ def outbox_status(
     if rows:
         typer.echo("")
     for row in rows:
-        typer.echo(f"{row['partnership']:<14} {row['kind']:<10} {row['sequence']:>4} {row['state']:<8} "
+        # A row without a partnership is a stakeholder's copy of the published summary (`consult publish --send-to`).
+        who = row["partnership"] or "(stakeholder)"
+        typer.echo(f"{who:<14} {row['kind']:<10} {row['sequence']:>4} {row['state']:<8} "
                    f"{row['recipient']:<40} {row['reason']}")
 
 
@@ -126,8 +129,13 @@ def reconcile(
 def webhook_serve(
     host: Annotated[str, typer.Option(help="Address to listen on (put HTTPS in front of it).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8025,
+    timestamp_tolerance: Annotated[int, typer.Option(
+        help="Seconds a signed post's timestamp may be away from this server's clock; older posts are refused "
+             "as possible replays (403).", min=1,
+    )] = 300,
 ) -> None:
-    """Receive SendGrid's signed delivery events: bounces, drops and unsubscribes are recorded on contacts."""
+    """Receive SendGrid's signed delivery events: bounces, drops and unsubscribes are recorded on contacts (a
+    stakeholder's bounced or dropped summary mail on its outbox row)."""
     from consult.webhook import make_server
 
     settings = get_settings()
@@ -136,7 +144,8 @@ def webhook_serve(
             "CONSULT_SENDGRID_WEBHOOK_PUBLIC_KEY is not set: copy the verification key from SendGrid's "
             "Mail Settings > Event Webhook > Signed Event Webhook"
         )
-    server = make_server(_engine(), settings.sendgrid_webhook_public_key, host=host, port=port)
+    server = make_server(_engine(), settings.sendgrid_webhook_public_key, host=host, port=port,
+                         tolerance=dt.timedelta(seconds=timestamp_tolerance))
     typer.echo(f"listening for SendGrid events on http://{host}:{port}/ (Ctrl-C to stop)")
     try:
         server.serve_forever()

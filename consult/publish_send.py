@@ -22,12 +22,12 @@ from pathlib import Path
 
 from jinja2 import TemplateNotFound
 from markupsafe import Markup
-from sqlalchemy import Engine, func, literal, select, update
+from sqlalchemy import Engine, func, select
 
 from consult.errors import ConsultError
 from consult.mail.mailer import Mailer
 from consult.mail.message import Address, Attachment, Content, OutgoingBatch, Recipient, single_line
-from consult.mail.outbox import BatchOutcome, ClaimedBatch, PlannedMail, _insert, _round_row
+from consult.mail.outbox import BatchOutcome, ClaimedBatch, PlannedMail, _insert, _round_row, claim_rows
 from consult.mail.render import EMAIL_TEMPLATES_DIR, _environment
 from consult.mail.sending import send_claimed
 from consult.publish import PublishResult, SummaryContext
@@ -188,15 +188,7 @@ def greeting(name: str) -> str:
 
 def claim_summary(engine: Engine, batch_key: str, mail: SummaryMail, *, mail_from: str) -> ClaimedBatch | None:
     """Take the batch's pending stakeholder rows for this run (``sending``, committed) and build the batch."""
-    now = utcnow()
-    with engine.begin() as connection:
-        claimed_ids = sorted(connection.scalars(
-            update(outbox)
-            .where(outbox.c.batch_key == batch_key, outbox.c.state == "pending", outbox.c.partnership_id.is_(None),
-                   outbox.c.kind == literal(KIND))
-            .values(state="sending", attempts=outbox.c.attempts + 1, updated_at=now, error=None)
-            .returning(outbox.c.id)
-        ).all())
+    claimed_ids = claim_rows(engine, batch_key, stakeholders=True, kind=KIND)
     if not claimed_ids:
         return None
     with engine.connect() as connection:

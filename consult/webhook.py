@@ -1,5 +1,7 @@
-"""Receiver for SendGrid's Event Webhook: verify the ECDSA signature on the raw body, store each event once,
-and record bounces, drops and unsubscribes on the contact so that no later message goes to them.
+"""Receiver for SendGrid's Event Webhook: verify the ECDSA signature on the raw body and the freshness of its
+timestamp, store each event once, and record bounces, drops and unsubscribes on the contact so that no later
+message goes to them. A stakeholder's copy of the published summary has no contact: a bounce or drop of it marks
+its outbox row ``failed`` instead.
 
 Events carry the outbox id (our ``custom_args``) and SendGrid's ``sg_message_id`` (its ``X-Message-Id`` plus a
 suffix): they are what resolves ``unknown`` outbox rows (see ``consult.mail.outbox.reconcile``).
@@ -7,15 +9,17 @@ suffix): they are what resolves ``unknown`` outbox rows (see ``consult.mail.outb
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from sendgrid.helpers.eventwebhook import EventWebhook
 from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, String, and_, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from consult.errors import ConsultError
@@ -26,6 +30,9 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER = EventWebhookHeader.SIGNATURE
 TIMESTAMP_HEADER = EventWebhookHeader.TIMESTAMP
 MAX_BODY_BYTES = 10 * 1024 * 1024  # SendGrid posts batches of events; far below this
+# A signed post whose timestamp is further than this from now is refused: a recorded post replayed later carries
+# a valid signature, and only its age gives it away. SendGrid posts within seconds of signing.
+TIMESTAMP_TOLERANCE = dt.timedelta(minutes=5)
 
 # Contact status an event leaves behind (an unsubscribe is never overridden by a later bounce).
 CONTACT_STATUS = {
@@ -35,10 +42,18 @@ CONTACT_STATUS = {
     "group_unsubscribe": "unsubscribed",
     "spamreport": "unsubscribed",
 }
+# Events that prove a message never reached its recipient: a stakeholder's outbox row becomes `failed`.
+UNDELIVERED_EVENTS = ("bounce", "dropped")
+# Outbox states such an event overrides (`pending`: a row released by `reconcile --release` was sent after all).
+UNDELIVERED_FROM_STATES = ("pending", "sending", "sent", "unknown")
 
 
 class WebhookRejected(ConsultError):
-    """The post is not from SendGrid (bad signature) or is not an event batch."""
+    """The post is not from SendGrid (bad signature, stale timestamp: HTTP 403) or is not an event batch (400)."""
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -47,12 +62,15 @@ class WebhookReport:
     stored: int
     duplicates: int
     contacts_updated: int
+    stakeholder_messages_failed: int = 0
 
 
-def verify(public_key: str, body: bytes, signature: str | None, timestamp: str | None) -> None:
-    """Raise :class:`WebhookRejected` unless ``signature`` is SendGrid's ECDSA signature of ``timestamp + body``."""
+def verify(public_key: str, body: bytes, signature: str | None, timestamp: str | None, *,
+           tolerance: dt.timedelta = TIMESTAMP_TOLERANCE, now: float | None = None) -> None:
+    """Raise :class:`WebhookRejected` unless ``signature`` is SendGrid's ECDSA signature of ``timestamp + body``
+    and ``timestamp`` (Unix seconds) is within ``tolerance`` of ``now`` (default: the current time)."""
     if not signature or not timestamp:
-        raise WebhookRejected("event webhook post without a signature: refused")
+        raise WebhookRejected("event webhook post without a signature: refused", status=403)
     try:
         verifier = EventWebhook(public_key)
     except ValueError as error:
@@ -62,7 +80,25 @@ def verify(public_key: str, body: bytes, signature: str | None, timestamp: str |
     except (ValueError, UnicodeDecodeError):  # undecodable base64 or body
         valid = False
     if not valid:
-        raise WebhookRejected("event webhook post with a wrong signature: refused")
+        raise WebhookRejected("event webhook post with a wrong signature: refused", status=403)
+    check_fresh(timestamp, tolerance=tolerance, now=time.time() if now is None else now)
+
+
+def check_fresh(timestamp: str, *, tolerance: dt.timedelta, now: float) -> None:
+    """Raise :class:`WebhookRejected` unless the signed ``timestamp`` is within ``tolerance`` of ``now``."""
+    try:
+        signed_at = int(timestamp.strip())
+    except ValueError:
+        raise WebhookRejected(
+            f"event webhook post: {TIMESTAMP_HEADER} {timestamp[:40]!r} is not a Unix time: refused", status=403
+        ) from None
+    skew = now - signed_at
+    if abs(skew) > tolerance.total_seconds():
+        raise WebhookRejected(
+            f"event webhook post signed {abs(int(skew))} s {'ago' if skew > 0 else 'in the future'} "
+            f"({TIMESTAMP_HEADER} {signed_at}), more than the {int(tolerance.total_seconds())} s allowed: refused "
+            "as a possible replay (if every post is refused, check this server's clock)", status=403,
+        )
 
 
 def parse_events(body: bytes) -> list[dict[str, Any]]:
@@ -84,8 +120,8 @@ def _outbox_id(event: dict[str, Any]) -> int | None:
 
 
 def record_events(engine: Engine, events: list[dict[str, Any]]) -> WebhookReport:
-    """Store events (once each, keyed on sg_message_id, event, timestamp) and update contacts, in one
-    transaction. Events without those keys are refused."""
+    """Store events (once each, keyed on sg_message_id, event, timestamp) and update contacts, and the outbox
+    rows of stakeholders that bounced or were dropped, in one transaction. Events without those keys are refused."""
     rows = []
     for number, event in enumerate(events, start=1):
         message_id, name, timestamp = event.get("sg_message_id"), event.get("event"), event.get("timestamp")
@@ -105,6 +141,7 @@ def record_events(engine: Engine, events: list[dict[str, Any]]) -> WebhookReport
     table = DeliveryEvent.__table__
     stored = 0
     updated = 0
+    stakeholders_failed = 0
     with engine.begin() as connection:
         if rows:
             known = set(connection.scalars(select(OutboxMessage.id).where(
@@ -114,26 +151,32 @@ def record_events(engine: Engine, events: list[dict[str, Any]]) -> WebhookReport
                 if row["outbox_id"] not in known:
                     row["outbox_id"] = None  # an id from another sender, or a deleted round: keep the event anyway
             inserted = connection.execute(
-                dialect.insert(table).on_conflict_do_nothing().returning(table.c.id, table.c.event,
-                                                                          table.c.outbox_id, table.c.email,
-                                                                          table.c.reason, table.c.timestamp),
-                rows,
+                dialect.insert(table).on_conflict_do_nothing().returning(*_returned_columns(table)), rows,
             ).all() if engine.dialect.name == "postgresql" else _insert_sqlite(connection, table, rows)
             stored = len(inserted)
-            for _id, name, outbox_id, email, reason, timestamp in inserted:
+            for _id, name, outbox_id, email, reason, _timestamp, message_id in inserted:
                 status = CONTACT_STATUS.get(name)
                 if status is None:
                     continue
+                if name in UNDELIVERED_EVENTS:
+                    stakeholders_failed += _fail_stakeholder_message(
+                        connection, outbox_id=outbox_id, message_id=message_id, email=email,
+                        reason=f"{status}: {reason}" if reason else status)
                 updated += _mark_contact(connection, status=status, outbox_id=outbox_id, email=email,
                                          reason=f"{name}: {reason}" if reason else name)
-    return WebhookReport(received=len(rows), stored=stored, duplicates=len(rows) - stored, contacts_updated=updated)
+    return WebhookReport(received=len(rows), stored=stored, duplicates=len(rows) - stored, contacts_updated=updated,
+                         stakeholder_messages_failed=stakeholders_failed)
+
+
+def _returned_columns(table):  # type: ignore[no-untyped-def]
+    return (table.c.id, table.c.event, table.c.outbox_id, table.c.email, table.c.reason, table.c.timestamp,
+            table.c.provider_message_id)
 
 
 def _insert_sqlite(connection, table, rows):  # type: ignore[no-untyped-def]
     """SQLite cannot RETURNING from an executemany: insert one by one (event batches are small)."""
     inserted = []
-    statement = sqlite.insert(table).on_conflict_do_nothing().returning(
-        table.c.id, table.c.event, table.c.outbox_id, table.c.email, table.c.reason, table.c.timestamp)
+    statement = sqlite.insert(table).on_conflict_do_nothing().returning(*_returned_columns(table))
     for row in rows:
         found = connection.execute(statement, row).first()
         if found is not None:
@@ -155,16 +198,44 @@ def _mark_contact(connection, *, status: str, outbox_id: int | None, email: str 
     return connection.execute(statement).rowcount
 
 
-def handle_post(engine: Engine, public_key: str, body: bytes, headers: dict[str, str]) -> WebhookReport:
+def _fail_stakeholder_message(connection, *, outbox_id: int | None, message_id: str, email: str | None,  # type: ignore[no-untyped-def]
+                              reason: str) -> int:
+    """Mark the stakeholder's outbox row (no partnership, so no contact to mark) the event is about ``failed``.
+
+    Found by the outbox id of the event's ``custom_args``, else by SendGrid's message id (``sg_message_id`` is the
+    ``X-Message-Id`` recorded at sending plus a suffix) and the address, as ``outbox.reconcile`` does."""
+    if outbox_id is not None:
+        which = OutboxMessage.id == outbox_id
+    elif email:
+        recorded = OutboxMessage.provider_message_id
+        which = and_(
+            recorded.is_not(None),
+            func.substr(literal(message_id, String), 1, func.length(recorded)) == recorded,
+            func.lower(OutboxMessage.recipient) == email.lower(),
+        )
+    else:
+        return 0
+    return connection.execute(
+        update(OutboxMessage.__table__)
+        .where(which, OutboxMessage.partnership_id.is_(None), OutboxMessage.state.in_(UNDELIVERED_FROM_STATES))
+        .values(state="failed", error=reason[:2000], updated_at=utcnow())
+    ).rowcount
+
+
+def handle_post(engine: Engine, public_key: str, body: bytes, headers: dict[str, str], *,
+                tolerance: dt.timedelta = TIMESTAMP_TOLERANCE) -> WebhookReport:
     """Verify, parse and record one Event Webhook post (the raw body, exactly as received)."""
     lowered = {key.lower(): value for key, value in headers.items()}
-    verify(public_key, body, lowered.get(SIGNATURE_HEADER.lower()), lowered.get(TIMESTAMP_HEADER.lower()))
+    verify(public_key, body, lowered.get(SIGNATURE_HEADER.lower()), lowered.get(TIMESTAMP_HEADER.lower()),
+           tolerance=tolerance)
     return record_events(engine, parse_events(body))
 
 
-def make_server(engine: Engine, public_key: str, *, host: str = "127.0.0.1", port: int = 8025) -> ThreadingHTTPServer:
-    """An HTTP server answering POST (any path) with 204 when the events are stored, 403 for a bad signature,
-    400 for a malformed batch. Put it behind HTTPS (a reverse proxy) for SendGrid."""
+def make_server(engine: Engine, public_key: str, *, host: str = "127.0.0.1", port: int = 8025,
+                tolerance: dt.timedelta = TIMESTAMP_TOLERANCE) -> ThreadingHTTPServer:
+    """An HTTP server answering POST (any path) with 204 when the events are stored, 403 for a bad signature or a
+    timestamp further than ``tolerance`` from now, 400 for a malformed batch. Put it behind HTTPS (a reverse
+    proxy) for SendGrid."""
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
@@ -177,16 +248,15 @@ def make_server(engine: Engine, public_key: str, *, host: str = "127.0.0.1", por
                 return
             body = self.rfile.read(length)
             try:
-                report = handle_post(engine, public_key, body, dict(self.headers.items()))
+                report = handle_post(engine, public_key, body, dict(self.headers.items()), tolerance=tolerance)
             except WebhookRejected as error:
-                status = 403 if "signature" in str(error) else 400
                 log.warning("webhook post refused: %s", error)
-                self.send_response(status)
+                self.send_response(error.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            log.info("webhook: %s events, %s new, %s contacts updated", report.received, report.stored,
-                     report.contacts_updated)
+            log.info("webhook: %s events, %s new, %s contacts updated, %s stakeholder messages failed",
+                     report.received, report.stored, report.contacts_updated, report.stakeholder_messages_failed)
             self.send_response(204)
             self.end_headers()
 

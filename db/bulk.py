@@ -8,14 +8,20 @@ string, timestamps as ISO strings (see :func:`timestamp_text`), ``None`` for NUL
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, column, table
+from sqlalchemy import Connection, Table, column, table, text
+from sqlalchemy.schema import AddConstraint, DropConstraint
 
 SQLITE_BULK_CACHE_KIB = 64 * 1024
+# PostgreSQL checks a foreign key with one trigger query per inserted row (about 7 µs each here); adding the key
+# back after the load checks the whole table in one join (about 1 µs a row). Worth it from this many rows, when
+# they are a good part of the table.
+BULK_FOREIGN_KEY_ROWS = 50_000
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -118,3 +124,30 @@ def fetch_all(connection: Connection, sql: str, params: Sequence[Any] = ()) -> l
         return [tuple(row) for row in cursor.fetchall()]
     finally:
         cursor.close()
+
+
+@contextmanager
+def foreign_keys_checked_in_bulk(connection: Connection, target: Table, *, rows: int) -> Iterator[None]:
+    """Load ``rows`` rows into ``target`` with its foreign keys checked once for all, not once per row.
+
+    PostgreSQL's own advice for bulk loads ("Populating a Database"): drop the foreign keys, load, add them back.
+    Everything happens in the caller's transaction, so the keys are never missing for anyone else, and a row
+    that breaks one makes the ADD fail and the whole transaction roll back. The price is an exclusive lock on
+    ``target`` (and a share lock on the tables it refers to) until commit; small loads, loads into a much bigger
+    table and other databases keep the usual per-row checks.
+    """
+    constraints = sorted(target.foreign_key_constraints, key=lambda constraint: str(constraint.name))
+    if connection.dialect.name != "postgresql" or rows < BULK_FOREIGN_KEY_ROWS or not constraints:
+        yield
+        return
+    # reltuples: the planner's row estimate, free to read (-1 before the first ANALYZE).
+    existing = connection.scalar(text("SELECT reltuples FROM pg_class WHERE oid = CAST(:name AS regclass)"),
+                                 {"name": target.name}) or 0
+    if existing > 4 * rows:
+        yield
+        return
+    for constraint in constraints:
+        connection.execute(DropConstraint(constraint))
+    yield
+    for constraint in constraints:
+        connection.execute(AddConstraint(constraint))

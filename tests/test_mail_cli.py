@@ -51,3 +51,31 @@ def test_an_unknown_round_is_named(engine, settings):
     result = runner.invoke(app, ["remind", "2031", "--force"])
     assert result.exit_code != 0
     assert "round 2031 does not exist" in str(result.exception)
+
+
+def test_outbox_lists_the_stakeholders_copies_of_the_summary(engine, settings, round_2019, tmp_path):
+    """Stakeholders have no partnership: after invitations and the summary mail to a three-address list,
+    `consult outbox 2019` counts the `summary` kind and lists one `(stakeholder)` line per address, sent, next to
+    the contacts' invitations."""
+    from flows.publish import publish_and_send_summary
+    from tests.factories import add_reference_responses
+
+    send_invitations(2019)
+    with session_scope(engine) as session:
+        add_reference_responses(session, 2019)
+    stakeholders = ["minister.office@example.org", "press@example.com", "board@example.net"]
+    path = tmp_path / "stakeholders.csv"
+    path.write_text("email,name\n" + "".join(f"{address},Reader {n}\n" for n, address in enumerate(stakeholders)),
+                    encoding="utf-8")
+    publish_and_send_summary(2019, str(path), str(tmp_path / "out"))
+
+    result = runner.invoke(app, ["outbox", "2019"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    (counts,) = [line for line in lines if line.startswith("summary")]
+    assert counts.split()[2:] == ["0", "0", str(len(stakeholders)), "0", "0", "0"]
+    listed = [line.split() for line in lines if line.startswith("(stakeholder)")]
+    assert sorted(fields[4] for fields in listed) == sorted(stakeholders)
+    assert all(fields[1] == "summary" and fields[3] == "sent" for fields in listed)
+    invitations = [line for line in lines if line.split()[1:2] == ["invitation"] and not line.startswith("invitation")]
+    assert len(invitations) == panel_size()

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import mailbox
 from collections import Counter
+from email.header import decode_header, make_header
 from email.message import Message
 from pathlib import Path
 
@@ -43,6 +44,11 @@ def read_mailbox(directory: Path) -> list[Message]:
 
 def recipient(message: Message) -> str:
     return message["To"].rsplit("<", 1)[-1].rstrip(">").strip()
+
+
+def is_kind(message: Message, kind: str) -> bool:
+    """Whether ``message`` is a ``kind`` message (by its categories header: subjects differ by language)."""
+    return kind in [part.strip() for part in (message["X-Consult-Categories"] or "").split(",")]
 
 
 def bodies(message: Message) -> tuple[str, str]:
@@ -90,6 +96,64 @@ def test_french_speaking_partnerships_get_the_french_invitation(engine, settings
             assert "Please answer once for your partnership" in text and "30 June 2019" in text
 
 
+def panel_languages() -> dict[str, str]:
+    """email -> the partnership's language, from the reference panel."""
+    with (EXAMPLES / "panel.csv").open(encoding="utf-8", newline="") as handle:
+        return {row["contact_email"]: row["language"] for row in csv.DictReader(handle)}
+
+
+def subject(message: Message) -> str:
+    return str(make_header(decode_header(message["Subject"])))
+
+
+def test_french_speaking_partnerships_get_the_french_reminder(engine, settings: Settings, round_2019):
+    """The reminder of a French-speaking partnership is French throughout (subject, text, HTML, its footer and
+    the date), carrying the partnership's own link; everyone else's is English."""
+    send_reminders(2019, force=True, today=dt.date(2019, 6, 1))
+    language, contacts = panel_languages(), panel_contacts()
+    reminders = [m for m in read_mailbox(settings.resolved_mailbox_dir) if is_kind(m, "reminder")]
+    assert len(reminders) == len(contacts)
+    french = [m for m in reminders if language[recipient(m)] == "fr"]
+    assert 0 < len(french) < len(reminders)
+    for message in reminders:
+        text, html = bodies(message)
+        assert expected_link(2019, contacts[recipient(message)]) in text
+        if language[recipient(message)] == "fr":
+            assert subject(message).startswith("Rappel : ") and "30 juin 2019" in subject(message)
+            assert "Nous n'avons pas encore reçu les réponses" in text and "se termine le 30 juin 2019" in text
+            assert '<html lang="fr">' in html and "Répondre à la consultation" in html
+            assert "Vous recevez ce message" in html and "You receive this message" not in html
+            assert "We have not yet received" not in text + html and "June" not in text + html
+        else:
+            assert subject(message).startswith("Reminder: ") and "We have not yet received" in text
+            assert "30 June 2019" in text and '<html lang="en">' in html
+
+
+def test_french_speaking_partnerships_get_the_french_thank_you(engine, settings: Settings, round_2019):
+    """Thank-yous go to the contacts of the partnerships that answered, in French where the partnership speaks
+    it, with the same link."""
+    from flows.mailing import send_thank_yous
+    from tests.factories import add_reference_responses
+
+    with session_scope(engine) as session:
+        add_reference_responses(session, 2019)
+    send_thank_yous(2019)
+    language, contacts = panel_languages(), panel_contacts()
+    answered = set(accepted_reference_rows(2019))
+    thanks = [m for m in read_mailbox(settings.resolved_mailbox_dir) if is_kind(m, "thank_you")]
+    assert Counter(recipient(m) for m in thanks) == Counter(e for e, code in contacts.items() if code in answered)
+    assert any(language[recipient(m)] == "fr" for m in thanks)
+    for message in thanks:
+        text, html = bodies(message)
+        assert expected_link(2019, contacts[recipient(message)]) in text
+        if language[recipient(message)] == "fr":
+            assert subject(message).startswith("Merci de votre participation")
+            assert "nous avons bien reçu les réponses" in text and "le 30 juin 2019" in text
+            assert "le même lien</a> reste valable" in html and "Vous recevez ce message" in html
+        else:
+            assert subject(message).startswith("Thank you") and "we have received the answers" in text
+
+
 def test_names_with_markup_and_line_breaks_cannot_inject_html_or_headers(engine, settings: Settings, round_2019):
     """A contact name holding HTML and a CR/LF followed by a header arrives escaped in the HTML part and
     on one line in the To header; no extra header appears."""
@@ -122,14 +186,12 @@ def test_reminder_run_after_some_responses_reaches_exactly_the_non_respondents(
     assert 0 < sum(expected.values()) < len(contacts)
 
     report = send_reminders(2019, force=True, today=dt.date(2019, 6, 1))
-    reminders = [m for m in read_mailbox(settings.resolved_mailbox_dir) if m["Subject"].startswith("Reminder")]
+    reminders = [m for m in read_mailbox(settings.resolved_mailbox_dir) if is_kind(m, "reminder")]
     assert Counter(recipient(m) for m in reminders) == expected
     assert report.sent == sum(expected.values())
 
     send_reminders(2019, force=True, today=dt.date(2019, 6, 1))
-    assert len([m for m in read_mailbox(settings.resolved_mailbox_dir) if m["Subject"].startswith("Reminder")]) == len(
-        reminders
-    )
+    assert len([m for m in read_mailbox(settings.resolved_mailbox_dir) if is_kind(m, "reminder")]) == len(reminders)
 
 
 def test_scheduled_reminders_follow_the_rounds_schedule(engine, settings: Settings, round_2019):
@@ -138,7 +200,7 @@ def test_scheduled_reminders_follow_the_rounds_schedule(engine, settings: Settin
     contacts = panel_contacts()
 
     def reminder_count() -> int:
-        return len([m for m in read_mailbox(settings.resolved_mailbox_dir) if m["Subject"].startswith("Reminder")])
+        return len([m for m in read_mailbox(settings.resolved_mailbox_dir) if is_kind(m, "reminder")])
 
     assert send_reminders(2019, today=dt.date(2019, 6, 1)).sequence is None
     assert reminder_count() == 0

@@ -93,3 +93,46 @@ def test_the_prefect_ui_shows_progress_and_delivery_per_partnership(engine, sett
     assert {row["state"] for row in rows} == {"sent"}
     progress = asyncio.run(latest("mail-progress-2019-invitation"))
     assert float(progress.data) == 100.0
+
+
+def add_stakeholder_rows(engine, batch_key: str, count: int) -> None:  # type: ignore[no-untyped-def]
+    """Pending summary rows without partnership or contact, as ``consult.publish_send.plan_summary`` plans them."""
+    from db.models import Round
+
+    with session_scope(engine) as session:
+        round_id = session.scalar(select(Round.id).where(Round.year == 2019))
+        session.add_all(OutboxMessage(round_id=round_id, partnership_id=None, contact_id=None, kind="summary",
+                                      sequence=1, state="pending", recipient=f"reader{n}@example.org",
+                                      recipient_name=f"Reader {n}", batch_key=batch_key, attempts=0)
+                        for n in range(count))
+
+
+@pytest.mark.parametrize("stakeholders", [False, True], ids=["contacts", "stakeholders"])
+def test_runs_claiming_one_batch_at_the_same_time_never_share_a_row(engine, settings, round_2019, stakeholders):
+    """Four runs claim the same batch at once: every pending row is claimed by exactly one of them, moves to
+    `sending` with one attempt, and the other audience's claim on that batch takes nothing."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    if stakeholders:
+        key = "2019:summary:1:test-0"
+        add_stakeholder_rows(engine, key, 40)
+    else:
+        key = outbox.plan(engine, year=2019, kind="invitation", sequence=0, batch_size=1000).batch_keys[0]
+    with session_scope(engine) as session:
+        pending = set(session.scalars(select(OutboxMessage.id).where(OutboxMessage.batch_key == key)))
+    assert pending
+    assert outbox.claim_rows(engine, key, stakeholders=not stakeholders) == []
+    start = threading.Barrier(4)
+
+    def run(_: int) -> list[int]:
+        start.wait(timeout=60)
+        return outbox.claim_rows(engine, key, stakeholders=stakeholders, kind="summary" if stakeholders else None)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        claimed = list(pool.map(run, range(4)))  # re-raises a run's exception here
+    assert sorted(oid for ids in claimed for oid in ids) == sorted(pending)
+    with session_scope(engine) as session:
+        states = Counter(session.execute(select(OutboxMessage.state, OutboxMessage.attempts)
+                                         .where(OutboxMessage.batch_key == key)).tuples().all())
+    assert states == Counter({("sending", 1): len(pending)})

@@ -127,3 +127,133 @@ def test_a_dropped_message_of_unknown_fate_is_reconciled_as_failed(engine, setti
         states = dict(session.execute(select(OutboxMessage.id, OutboxMessage.state)
                                       .where(OutboxMessage.id.in_(ids))).tuples().all())
     assert states == {ids[0]: "failed", ids[1]: "sent"}
+
+
+STAKEHOLDERS = [("minister.office@example.org", "Ana Silva"), ("press@example.com", ""),
+                ("board@example.net", "Board of the Cluster Programme")]
+
+
+def send_summary_to_stakeholders(engine, tmp_path) -> dict[str, OutboxMessage]:  # type: ignore[no-untyped-def]
+    """Publish round 2019 with the reference responses and mail the summary to STAKEHOLDERS (mailbox backend);
+    returns their outbox rows by address."""
+    import csv
+
+    from flows.publish import publish_and_send_summary
+    from tests.factories import add_reference_responses
+
+    with session_scope(engine) as session:
+        add_reference_responses(session, 2019)
+    path = tmp_path / "stakeholders.csv"
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        csv.writer(handle).writerows([("email", "name"), *STAKEHOLDERS])
+    publish_and_send_summary(2019, str(path), str(tmp_path / "out"))
+    return summary_rows(engine)
+
+
+def summary_rows(engine) -> dict[str, OutboxMessage]:  # type: ignore[no-untyped-def]
+    with session_scope(engine) as session:
+        return {row.recipient: row for row in session.scalars(
+            select(OutboxMessage).where(OutboxMessage.kind == "summary"))}
+
+
+def test_a_bounced_or_dropped_stakeholder_summary_marks_its_outbox_row_failed(engine, settings, round_2019,
+                                                                              tmp_path):
+    """Stakeholders have no contact to mark: a bounce (carrying the outbox id) and a drop (carrying only
+    SendGrid's message id and the address) make their summary rows `failed` with the provider's reason; the
+    delivered one stays `sent`, no contact changes, and the same post again changes nothing."""
+    rows = send_summary_to_stakeholders(engine, tmp_path)
+    assert {row.state for row in rows.values()} == {"sent"} and set(rows) == {a for a, _ in STAKEHOLDERS}
+    bounced, dropped, delivered = (rows[address] for address, _ in STAKEHOLDERS)
+    drop = event(dropped.id, dropped.recipient, "dropped", reason="Bounced Address")
+    del drop["outbox_id"]
+    drop["sg_message_id"] = f"{dropped.provider_message_id}.filterdrecv-5645d9c87f-abcde-1-0"
+    events = [event(bounced.id, bounced.recipient, "bounce", type="bounce", reason="550 5.1.1 no such user"),
+              drop, event(delivered.id, delivered.recipient, "delivered")]
+    signer = WebhookSigner()
+    body = json.dumps(events).encode()
+    report = handle_post(engine, signer.public_key, body, signer.headers(body))
+    assert (report.stored, report.stakeholder_messages_failed, report.contacts_updated) == (3, 2, 0)
+    after = summary_rows(engine)
+    assert {address: row.state for address, row in after.items()} == {
+        bounced.recipient: "failed", dropped.recipient: "failed", delivered.recipient: "sent"}
+    assert after[bounced.recipient].error == "bounced: 550 5.1.1 no such user"
+    assert after[dropped.recipient].error == "dropped: Bounced Address"
+    with session_scope(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Contact).where(Contact.status != "active")) == 0
+    again = handle_post(engine, signer.public_key, body, signer.headers(body))
+    assert (again.stored, again.stakeholder_messages_failed) == (0, 0)
+
+
+def test_the_outbox_lists_a_bounced_stakeholder_as_a_failed_summary(engine, settings, round_2019, tmp_path):
+    """After the webhook recorded a stakeholder's bounce, `consult outbox 2019 --problems` shows that summary
+    mail failed, with the address and the reason."""
+    from typer.testing import CliRunner
+
+    from consult.cli_mail import app
+
+    rows = send_summary_to_stakeholders(engine, tmp_path)
+    address = STAKEHOLDERS[1][0]
+    signer = WebhookSigner()
+    body = json.dumps([event(rows[address].id, address, "bounce", reason="550 mailbox full")]).encode()
+    handle_post(engine, signer.public_key, body, signer.headers(body))
+    result = CliRunner().invoke(app, ["outbox", "2019", "--problems"])
+    assert result.exit_code == 0, result.output
+    (line,) = [line for line in result.output.splitlines() if address in line]
+    assert line.split()[:4] == ["(stakeholder)", "summary", str(rows[address].sequence), "failed"]
+    assert line.endswith("bounced: 550 mailbox full")
+
+
+def signed_at(signer: WebhookSigner, body: bytes, when: float) -> dict[str, str]:
+    """Headers of a post correctly signed with the timestamp ``when`` (Unix seconds)."""
+    timestamp = str(int(when))
+    return {"X-Twilio-Email-Event-Webhook-Signature": signer.sign(body, timestamp),
+            "X-Twilio-Email-Event-Webhook-Timestamp": timestamp, "Content-Type": "application/json"}
+
+
+def test_a_correctly_signed_post_with_an_old_timestamp_is_refused_as_a_replay(engine, settings, round_2019):
+    """A post signed more than 5 minutes ago (or ahead) is refused with a message naming the replay guard and
+    stores nothing; the same events signed now are accepted; the tolerance is a parameter."""
+    import time
+
+    signer = WebhookSigner()
+    body = json.dumps([event(1, "x@example.org", "processed")]).encode()
+    now = time.time()
+    for when in (now - 301, now - 3600, now + 400):
+        with pytest.raises(WebhookRejected, match="possible replay") as refused:
+            handle_post(engine, signer.public_key, body, signed_at(signer, body, when))
+        assert refused.value.status == 403 and "300 s" in str(refused.value)
+    assert event_count(engine) == 0
+    with pytest.raises(WebhookRejected, match="'yesterday' is not a Unix time"):
+        handle_post(engine, signer.public_key, body, {"X-Twilio-Email-Event-Webhook-Signature": signer.sign(
+            body, "yesterday"), "X-Twilio-Email-Event-Webhook-Timestamp": "yesterday"})
+    assert handle_post(engine, signer.public_key, body, signed_at(signer, body, now - 600),
+                       tolerance=dt.timedelta(minutes=15)).stored == 1
+    fresh = json.dumps([event(2, "y@example.org", "processed")]).encode()
+    assert handle_post(engine, signer.public_key, fresh, signed_at(signer, fresh, now - 30)).stored == 1
+    assert event_count(engine) == 2
+
+
+def test_the_webhook_server_answers_403_to_a_replayed_post(engine, settings, round_2019):
+    """Over HTTP: the same correctly signed post is refused (403) when its timestamp is 10 minutes old and
+    stored (204) when it is fresh."""
+    import time
+
+    signer = WebhookSigner()
+    server = make_server(engine, signer.public_key, port=free_port())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/events"
+    body = json.dumps([event(1, "x@example.org", "delivered")]).encode()
+    try:
+        replayed = urllib.request.Request(url, data=body, headers=signed_at(signer, body, time.time() - 600),
+                                          method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(replayed, timeout=10)
+        assert refused.value.code == 403
+        assert event_count(engine) == 0
+        fresh = urllib.request.Request(url, data=body, headers=signed_at(signer, body, time.time()), method="POST")
+        with urllib.request.urlopen(fresh, timeout=10) as answer:
+            assert answer.status == 204
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert event_count(engine) == 1

@@ -4,9 +4,11 @@ What a file leaves in the database:
 
 - one ``ingested_files`` row (sha256, name, size, row count, layout, encoding, delimiter, and a small report);
   ingesting the same bytes again for the same round is a no-op;
+- the file itself, zlib-compressed, in ``ingested_files.content``: every row's cells exactly as exported, which
+  :func:`raw_cells` gives back by row number (a per-row copy would take five times the space and half the store
+  time of a million-row file);
 - one ``responses`` row per row that matched a partnership and failed no error-severity expectation, with
-  ``raw`` = the cells exactly as exported ({column: string}) and ``answers`` = the typed values. ``answers`` is
-  the shape the indicators read::
+  ``answers`` = the typed values. ``answers`` is the shape the indicators read::
 
       {question_code: value}   # a list of option codes for multi_select  (["US", "JP"])
                                # an int for integer, a float for number, a bool for yes_no,
@@ -26,9 +28,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import repeat
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,11 +44,12 @@ from sqlalchemy.orm import Session
 
 from consult.errors import ConsultError
 from consult.ingest.normalise import Reason
-from db.bulk import bulk_insert, timestamp_format, timestamp_texts
+from consult.ingest.readers import read_table
+from db.bulk import bulk_insert, foreign_keys_checked_in_bulk, timestamp_format, timestamp_texts
 from db.models import IngestedFile, Partnership, QuarantinedRow, Response, Round
 
 RESPONSE_COLUMNS = (
-    "round_id", "file_id", "row_number", "partnership_id", "matched_by", "submitted_at", "status", "raw", "answers",
+    "round_id", "file_id", "row_number", "partnership_id", "matched_by", "submitted_at", "status", "answers",
     "warnings", "created_at",
 )
 QUARANTINE_COLUMNS = ("round_id", "file_id", "row_number", "partnership_id", "raw", "reasons", "status", "created_at")
@@ -196,8 +202,7 @@ def write_rows(
                              for r in numbers]
             yield from zip(
                 repeat(round_id), repeat(file_id), numbers, partnership[chosen].astype("int64").tolist(),
-                matched_by, submitted, statuses, _json_lines(rows.raw.iloc[chosen]), answers, warnings_json,
-                repeat(now_text),
+                matched_by, submitted, statuses, answers, warnings_json, repeat(now_text),
             )
 
     bulk_insert(connection, "responses", RESPONSE_COLUMNS, all_response_rows())
@@ -264,8 +269,9 @@ def store_file(
     delimiter: str | None,
     report: dict[str, Any],
     rows: RowsToStore,
+    content: bytes | None = None,
 ) -> FileSummary:
-    """Store one file in one transaction: all of it, or nothing."""
+    """Store one file in one transaction: all of it, or nothing. ``content``: the file's zlib-compressed bytes."""
     summary = FileSummary(name=name, sha256=sha256, layout=layout, encoding=encoding, delimiter=delimiter)
     with engine.begin() as connection:
         round_id = connection.scalar(select(Round.id).where(Round.year == year))
@@ -277,13 +283,15 @@ def store_file(
         if existing is not None:
             summary.skipped_as_duplicate_file = True
             return summary
-        file_id = connection.execute(
-            insert(IngestedFile).values(
-                round_id=round_id, sha256=sha256, name=name[:500], size_bytes=size_bytes, row_count=len(rows.raw),
-                layout=layout, encoding=encoding, delimiter=delimiter, report=report,
-            ).returning(IngestedFile.id)
-        ).scalar_one()
-        counts = write_rows(connection, round_id=round_id, file_id=file_id, rows=rows)
+        with foreign_keys_checked_in_bulk(connection, Response.__table__, rows=len(rows.raw)):
+            file_id = connection.execute(
+                insert(IngestedFile).values(
+                    round_id=round_id, sha256=sha256, name=name[:500], size_bytes=size_bytes,
+                    row_count=len(rows.raw), layout=layout, encoding=encoding, delimiter=delimiter, report=report,
+                    content=content,
+                ).returning(IngestedFile.id)
+            ).scalar_one()
+            counts = write_rows(connection, round_id=round_id, file_id=file_id, rows=rows)
     for key, value in counts.items():
         setattr(summary, key, value)
     return summary
@@ -299,6 +307,31 @@ def is_already_ingested(engine: Engine, year: int, sha256: str) -> bool:
             )
             is not None
         )
+
+
+def stored_file_cells(session: Session, file_id: int) -> pd.DataFrame:
+    """The cells of a stored file exactly as exported, indexed by row number (as the responses refer to them)."""
+    found = session.execute(
+        select(IngestedFile.name, IngestedFile.content).where(IngestedFile.id == file_id)
+    ).one_or_none()
+    if found is None:
+        raise ConsultError(f"no ingested file {file_id}")
+    name, content = found
+    if content is None:
+        raise ConsultError(f"{name}: stored before files were kept; its rows keep their own raw cells")
+    with tempfile.TemporaryDirectory(prefix="consult-file-") as folder:
+        # The reader goes by the file name's extension, so the copy keeps the name it was received under.
+        copy = Path(folder) / Path(name).name
+        copy.write_bytes(zlib.decompress(content))
+        return read_table(copy).cells
+
+
+def raw_cells(session: Session, response: Response) -> dict[str, str]:
+    """A response's cells as exported ({column: text}): its row of the stored file."""
+    if response.raw is not None:  # stored under schema 0001, with a per-row copy
+        return {str(key): "" if value is None else str(value) for key, value in response.raw.items()}
+    row = stored_file_cells(session, response.file_id).loc[response.row_number]
+    return {str(key): str(value) for key, value in row.items()}
 
 
 # --- quarantine review -------------------------------------------------------------------------------------

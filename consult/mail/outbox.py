@@ -238,32 +238,53 @@ def _skip_pending(connection, round_id: int, kind: str, sequence: int, reason: s
     ).rowcount
 
 
-def claim(engine: Engine, batch_key: str, *, mail_from: str, url_template: str,
-          token_secret: bytes) -> ClaimedBatch | None:
-    """Re-check eligibility, then take the batch's pending rows for this run (``sending``, committed)."""
+def claim_rows(engine: Engine, batch_key: str, *, stakeholders: bool = False, kind: str | None = None) -> list[int]:
+    """Take the batch's pending rows for this run: one ``UPDATE ... SET state = 'sending' WHERE state =
+    'pending' RETURNING id``, committed before the provider is called, so two runs never both get a row.
+
+    ``stakeholders`` selects the rows without a partnership (the published summary, whose content
+    ``consult.publish_send`` builds) instead of the contacts' rows; ``kind`` narrows to one kind. Contact rows are
+    first re-checked for eligibility in the same transaction (round closed, partnership answered or not, contact
+    bounced or unsubscribed) and the ineligible ones become ``skipped`` with the reason. Returns the claimed ids,
+    sorted."""
     now = utcnow()
-    # Stakeholder rows (no partnership) are claimed by consult.publish_send, which knows their content.
-    in_batch = and_(outbox.c.batch_key == batch_key, outbox.c.state == "pending", outbox.c.partnership_id.is_not(None))
+    audience = outbox.c.partnership_id.is_(None) if stakeholders else outbox.c.partnership_id.is_not(None)
+    in_batch = and_(outbox.c.batch_key == batch_key, outbox.c.state == "pending", audience)
+    if kind is not None:
+        in_batch = and_(in_batch, outbox.c.kind == literal(kind))
     with engine.begin() as connection:
-        skip = update(outbox).values(state="skipped", updated_at=now)
-        round_closed = exists().where(rounds.c.id == outbox.c.round_id, rounds.c.status != "open")
-        for_non_respondents = outbox.c.kind.in_(KINDS_FOR_NON_RESPONDENTS)
-        connection.execute(skip.where(in_batch, for_non_respondents, round_closed).values(error="round closed"))
-        connection.execute(
-            skip.where(in_batch, for_non_respondents, _answered()).values(error="partnership already answered")
-        )
-        connection.execute(
-            skip.where(in_batch, outbox.c.kind == "thank_you", ~_answered()).values(error="no accepted response")
-        )
-        contact_status = select(contacts.c.status).where(contacts.c.id == outbox.c.contact_id).scalar_subquery()
-        connection.execute(
-            skip.where(in_batch, contact_status != "active").values(error=literal("contact ", String) + contact_status)
-        )
-        claimed_ids = sorted(connection.scalars(
+        if not stakeholders:
+            _skip_ineligible(connection, in_batch, now)
+        return sorted(connection.scalars(
             update(outbox).where(in_batch)
             .values(state="sending", attempts=outbox.c.attempts + 1, updated_at=now, error=None)
             .returning(outbox.c.id)
         ).all())
+
+
+def _skip_ineligible(connection, in_batch, now: dt.datetime) -> None:  # type: ignore[no-untyped-def]
+    """Contact rows of ``in_batch`` no longer eligible become ``skipped``, with the reason."""
+    skip = update(outbox).values(state="skipped", updated_at=now)
+    round_closed = exists().where(rounds.c.id == outbox.c.round_id, rounds.c.status != "open")
+    for_non_respondents = outbox.c.kind.in_(KINDS_FOR_NON_RESPONDENTS)
+    connection.execute(skip.where(in_batch, for_non_respondents, round_closed).values(error="round closed"))
+    connection.execute(
+        skip.where(in_batch, for_non_respondents, _answered()).values(error="partnership already answered")
+    )
+    connection.execute(
+        skip.where(in_batch, outbox.c.kind == "thank_you", ~_answered()).values(error="no accepted response")
+    )
+    contact_status = select(contacts.c.status).where(contacts.c.id == outbox.c.contact_id).scalar_subquery()
+    connection.execute(
+        skip.where(in_batch, contact_status != "active").values(error=literal("contact ", String) + contact_status)
+    )
+
+
+def claim(engine: Engine, batch_key: str, *, mail_from: str, url_template: str,
+          token_secret: bytes) -> ClaimedBatch | None:
+    """Re-check eligibility, then take the batch's pending contact rows for this run (``sending``, committed)."""
+    # Stakeholder rows (no partnership) are claimed by consult.publish_send, which knows their content.
+    claimed_ids = claim_rows(engine, batch_key)
     if not claimed_ids:
         return None
     with engine.connect() as connection:
@@ -454,13 +475,16 @@ def settled_fraction(engine: Engine, *, year: int, kind: str, sequence: int) -> 
 
 def delivery_table(engine: Engine, *, year: int, kind: str | None = None, sequence: int | None = None,
                    limit: int = 5000) -> list[dict[str, object]]:
-    """One row per partnership and message kind: who got what, with problems first (the table artifact and
-    ``consult outbox``)."""
+    """One row per message: who got what, with problems first (the table artifact and ``consult outbox``).
+
+    Stakeholder rows (the published summary: no partnership) are listed too, after the partnerships' rows of the
+    same state, with an empty ``partnership`` and the name given in the stakeholder list."""
     round_id = _round_row(engine, year).id
     query = (
-        select(partnerships.c.code, partnerships.c.name, outbox.c.kind, outbox.c.sequence, outbox.c.recipient,
-               outbox.c.state, outbox.c.error, outbox.c.sent_at, outbox.c.provider_message_id)
-        .join(partnerships, partnerships.c.id == outbox.c.partnership_id)
+        select(partnerships.c.code, partnerships.c.name, outbox.c.recipient_name, outbox.c.kind, outbox.c.sequence,
+               outbox.c.recipient, outbox.c.state, outbox.c.error, outbox.c.sent_at, outbox.c.provider_message_id)
+        # Outer join: a stakeholder row has no partnership and must still be listed.
+        .outerjoin(partnerships, partnerships.c.id == outbox.c.partnership_id)
         .where(outbox.c.round_id == round_id)
     )
     if kind is not None:
@@ -469,11 +493,14 @@ def delivery_table(engine: Engine, *, year: int, kind: str | None = None, sequen
         query = query.where(outbox.c.sequence == sequence)
     order = {"failed": 0, "unknown": 1, "sending": 2, "pending": 3, "skipped": 4, "sent": 5}
     with engine.connect() as connection:
-        rows = connection.execute(query.order_by(partnerships.c.code, outbox.c.kind, outbox.c.sequence)).all()
+        # Partnerships first, stakeholders after them (spelled out: SQLite and PostgreSQL sort NULLs apart).
+        rows = connection.execute(query.order_by(outbox.c.partnership_id.is_(None), partnerships.c.code,
+                                                 outbox.c.kind, outbox.c.sequence, outbox.c.recipient)).all()
     rows = sorted(rows, key=lambda row: order.get(row.state, 9))[:limit]
     return [
         {
-            "partnership": row.code, "name": row.name, "kind": row.kind, "sequence": row.sequence,
+            "partnership": row.code or "", "name": row.name or row.recipient_name or "", "kind": row.kind,
+            "sequence": row.sequence,
             "recipient": row.recipient, "state": row.state, "reason": row.error or "",
             "sent_at": row.sent_at.isoformat(timespec="seconds") if row.sent_at else "",
         }
@@ -495,7 +522,7 @@ def count_states(engine: Engine, *, year: int) -> dict[tuple[str, int, str], int
 
 
 __all__ = [
-    "BatchOutcome", "ClaimedBatch", "MailReport", "PlannedMail", "ReconcileReport", "claim", "delivery_table",
-    "due_reminder", "expire_sending", "plan", "reconcile", "record", "reminder_sequence", "report",
+    "BatchOutcome", "ClaimedBatch", "MailReport", "PlannedMail", "ReconcileReport", "claim", "claim_rows",
+    "delivery_table", "due_reminder", "expire_sending", "plan", "reconcile", "record", "reminder_sequence", "report",
     "settled_fraction",
 ]
