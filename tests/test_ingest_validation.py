@@ -11,10 +11,11 @@ import pytest
 import yaml
 
 from consult.ingest.matching import Directory, match_partnerships
-from consult.ingest.normalise import answers_json, normalise
+from consult.ingest.normalise import answers_json, normalise, parse_timestamps
 from consult.ingest.validation import build_suite, suite_path, validate
 from consult.questionnaire import load_questionnaire, parse_questionnaire
 from consult.settings import EXPECTATIONS_DIR
+from db.bulk import timestamp_texts
 from tests.factories import EXAMPLES
 
 DATA = Path(__file__).resolve().parent / "data" / "ingest"
@@ -55,7 +56,7 @@ def test_suite_rules_follow_the_questionnaire():
 
 def _directory() -> Directory:
     return Directory(round_id=1, year=2030, token_hashes={}, other_round_tokens={}, codes={"P-1": 1, "P-2": 2},
-                     emails={"a@x.example": 1}, panel_codes=frozenset({"P-1", "P-2"}))
+                     emails={"a@x.example": 1}, not_consulted=frozenset({"P-3"}))
 
 
 def test_number_single_select_and_yes_no_questions_are_checked():
@@ -110,3 +111,21 @@ def test_committed_limesurvey_xlsx_fixture_is_ingested(engine, settings, round_2
         "business_missions_planned": False, "sme_members": 18,
         "success_story": "Met <b>buyers</b> in Toronto;\nsigned one MoU"}
     assert [r.status for r in responses_by_code(engine)["ESCP4I-12"]] == ["partial"]
+
+
+def test_submit_dates_naive_zoned_and_mixed_in_one_file_all_become_utc():
+    """A naive date is local time of the consultation; a date with an offset keeps it; both in one file work."""
+    values = pd.Series(["2019-03-01T10:00:00", "", "2019-03-01T10:00:00+02:00", "1 March 2019 10:00", "soon"])
+    parsed = parse_timestamps(values, "Europe/Brussels")
+    expected = [pd.Timestamp("2019-03-01T09:00:00Z"), pd.NaT, pd.Timestamp("2019-03-01T08:00:00Z"),
+                pd.Timestamp("2019-03-01T09:00:00Z"), pd.NaT]
+    assert [None if pd.isna(v) else v for v in parsed.tolist()] == [None if pd.isna(v) else v for v in expected]
+
+
+def test_submit_dates_are_written_in_the_databases_own_text_layout(engine):
+    """The bulk path writes what SQLAlchemy itself would write, and NULL for a missing date."""
+    stamps = pd.Series(pd.to_datetime(["2019-03-01T09:00:00.5Z", None, "2019-12-31T23:59:59Z"], utc=True, format="ISO8601"))
+    with engine.connect() as connection:
+        texts = timestamp_texts(connection, stamps).tolist()
+    suffix = "" if engine.dialect.name == "sqlite" else "+00:00"
+    assert texts == [f"2019-03-01 09:00:00.500000{suffix}", None, f"2019-12-31 23:59:59.000000{suffix}"]

@@ -80,8 +80,8 @@ def match_files(settings: Settings, year: int, files: list[ResponseFile]) -> lis
     with session_scope(engine) as session:
         round_ = get_round(session, year)
         questionnaire = round_questionnaire(round_)
-        with_tokens = any(bool((item.cells["token"] != "").any()) for item in files)
-        directory = load_directory(session, round_, with_tokens=with_tokens)
+        carried = {name: any(bool((item.cells[name] != "").any()) for item in files) for name in ("token", "email")}
+        directory = load_directory(session, round_, with_tokens=carried["token"], with_emails=carried["email"])
     matched = []
     seen: set[str] = set()
     for response_file in files:

@@ -25,7 +25,7 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from consult.ingest.normalise import INTEGER_PATTERN, NUMBER_PATTERN, Reason
+from consult.ingest.normalise import INTEGER_PATTERN, NUMBER_PATTERN, Reason, distinct
 from consult.questionnaire import Question, Questionnaire, load_questionnaire
 from consult.settings import EXPECTATIONS_DIR
 from db.models import Response
@@ -212,10 +212,10 @@ def add_pattern_checks(frame: pd.DataFrame, suite: dict[str, Any]) -> pd.DataFra
         if not pattern or not column or meta.get("field") not in frame.columns:
             continue
         regex = re.compile(pattern)
-        codes, uniques = pd.factorize(frame[meta["field"]], use_na_sentinel=True)
-        verdicts = np.array([VALID if regex.search(str(value)) else INVALID for value in uniques] + [None],
-                            dtype=object)
-        frame[column] = verdicts.take(codes)  # code -1 (unanswered) -> None: not checked, like GX's nulls
+        codes, uniques = distinct(frame[meta["field"]])
+        verdicts = np.array([1 if regex.search(str(value)) else 0 for value in uniques] + [-1], dtype=np.int8)
+        # Unanswered (-1) stays missing: not checked, like GX's nulls.
+        frame[column] = pd.Categorical.from_codes(verdicts.take(codes), categories=[INVALID, VALID])
     return frame
 
 
