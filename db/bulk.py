@@ -92,6 +92,10 @@ def timestamp_format(connection: Connection) -> str:
     return "%Y-%m-%d %H:%M:%S.%f+00:00"
 
 
+_FIRST_INSTANT = np.datetime64("0001-01-01T00:00:00.000000", "us")
+_LAST_INSTANT = np.datetime64("9999-12-31T23:59:59.999999", "us")
+
+
 def timestamp_texts(connection: Connection, values: pd.Series) -> np.ndarray:
     """UTC timestamps (tz-aware, or naive UTC) as :func:`timestamp_format` text, ``None`` for NaT.
 
@@ -101,17 +105,22 @@ def timestamp_texts(connection: Connection, values: pd.Series) -> np.ndarray:
     instants = values.to_numpy(dtype="datetime64[us]")
     missing = np.isnat(instants)
     formatted = np.full(len(instants), None, dtype=object)
-    # Only the dates that are there: one NaT widens every string of the result (to <U45) and hides the layout.
-    text = np.datetime_as_string(instants[~missing], unit="us")  # 2019-03-01T10:00:00.000000
-    if text.dtype != np.dtype("<U26"):  # a year outside 0000-9999: the slow exact path
+    present = instants[~missing]
+    if len(present) and (present.min() < _FIRST_INSTANT or present.max() > _LAST_INSTANT):
+        # A year outside 0001-9999 does not fit the fixed-width layout below: the slow exact path.
         formatted[~missing] = np.array(values[~missing].dt.strftime(timestamp_format(connection)), dtype=object)
         return formatted
-    if connection.dialect.name == "sqlite":
-        # SQLAlchemy's SQLite format has a space between date and time: set that one character in place.
-        text.view(np.uint32).reshape(-1, 26)[:, 10] = ord(" ")
-        formatted[~missing] = text
-    else:
-        formatted[~missing] = np.char.add(text, "+00:00")
+    # numpy sizes the strings for any year (<U45); every one here is 26 characters: 2019-03-01T10:00:00.000000
+    text = np.datetime_as_string(present, unit="us").astype("<U26")
+    suffix = "" if connection.dialect.name == "sqlite" else "+00:00"
+    width = 26 + len(suffix)
+    # Characters as code points, one row per date: copy the date, set the space between date and time (both
+    # formats have one) and append the suffix, all in numpy (np.char.add would loop in Python).
+    points = np.empty((len(text), width), dtype=np.uint32)
+    points[:, :26] = text.view(np.uint32).reshape(-1, 26)
+    points[:, 10] = ord(" ")
+    points[:, 26:] = [ord(character) for character in suffix]
+    formatted[~missing] = points.view(f"<U{width}").ravel()
     return formatted
 
 
