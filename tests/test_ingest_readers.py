@@ -52,6 +52,19 @@ def test_cp1252_file_is_detected_and_decoded(tmp_path, questionnaire) -> None:
     assert read.cells.loc[2, "success_story"] == "Société générale – café"
 
 
+def test_cp1252_accents_far_below_an_ascii_start_are_still_decoded(tmp_path, questionnaire) -> None:
+    """The encoding is guessed from the file's start; accents first met 100 KB further down still come out
+    right, and the file is reported as cp1252."""
+    rows = [f"ESCP4I-01,2019-03-04T09:12:{n % 60:02d},US,other,1,yes,5,plain ascii story {n}" for n in range(2000)]
+    text = HEADER + "\n" + "\n".join(rows) + "\nESCP4I-02,2019-03-05T09:00:00,CA,other,1,no,5,Crédit coopératif\n"
+    path = write(tmp_path, "late-accents.csv", text, "cp1252")
+    assert path.stat().st_size > 100_000
+    read = read_response_file(path, questionnaire)
+    assert read.encoding == "cp1252"
+    assert read.cells["success_story"].iloc[-1] == "Crédit coopératif"
+    assert read.row_count == 2001
+
+
 def test_utf16_file_is_refused_with_the_file_name(tmp_path, questionnaire) -> None:
     """A UTF-16 file (what 'Unicode text' means in Excel) stops with one line naming the file."""
     path = write(tmp_path, "unicode.csv", (HEADER + "\n").encode("utf-16"))

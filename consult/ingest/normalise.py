@@ -30,6 +30,7 @@ INTEGER_PATTERN = r"^[+-]?\d+$"
 NUMBER_PATTERN = r"^[+-]?(?:\d+(?:[.,]\d*)?|[.,]\d+)$"
 
 Reason = dict[str, Any]
+_ALL = slice(None)
 
 
 @dataclass
@@ -195,49 +196,72 @@ def _parse_each(text: pd.Series, timezone: str) -> pd.Series:
     return pd.Series([one(value) for value in text.tolist()], index=text.index, dtype="datetime64[ns, UTC]")
 
 
-def answers_json(typed: pd.DataFrame, questionnaire: Questionnaire) -> pd.Series:
-    """``responses.answers`` for every row, as JSON text built from one fragment per distinct value.
+class AnswerWriter:
+    """``responses.answers`` as JSON text, for any rows of a typed table, built from one fragment per distinct
+    value (free text aside).
 
     Shape: ``{question_code: value}`` — a list of option codes for multi_select, a string for single_select and
     text, an int for integer, a float for number, a bool for yes_no, ``null`` when unanswered or not a valid
-    value of its kind.
+    value of its kind. The store asks for a chunk of rows at a time, so a million-row file never holds a
+    million JSON texts at once.
     """
-    # One "key": value fragment per distinct value, then one join per row. The braces travel with the first
-    # and last fragments, so the per-row work is a single C-level join.
-    fragments: list[list[str]] = []
-    questions = list(questionnaire.questions)
-    for number, question in enumerate(questions):
-        code = question.code
-        key = ("{" if number == 0 else "") + json.dumps(code) + ": "
-        end = "}" if number == len(questions) - 1 else ""
-        column = typed[code]
-        write: Callable[[str], str | None]
-        if question.kind == "multi_select":
-            def write(text: str) -> str | None:
-                return json.dumps(text.split(";")) if _SAFE_CODES.fullmatch(text) else None
-        elif question.kind == "integer":
-            def write(text: str) -> str | None:
-                return str(int(text)) if _INTEGER.fullmatch(text) and abs(int(text)) < 2**53 else None
-        elif question.kind == "number":
-            number_column = typed[f"{code}__num"]
-            column = number_column.astype(object).where(number_column.notna() & number_column.abs().ne(float("inf")), None)
-            write = str
-        elif question.kind == "yes_no":
-            def write(text: str) -> str | None:
-                return {"yes": "true", "no": "false"}.get(text)
-        elif question.kind == "single_select":
-            write = json.dumps
-        else:
-            # Free text is mostly distinct: one fragment per row; orjson writes it 5x faster than json.dumps.
-            fragments.append([key + _json_string(text) + end if isinstance(text, str) else key + "null" + end
-                              for text in column.tolist()])
-            continue
-        codes, uniques = distinct(column)
-        written = [write(str(value)) for value in uniques]
-        per_value = np.array([key + ("null" if text is None else text) + end for text in written]
-                             + [key + "null" + end], dtype=object)
-        fragments.append(per_value.take(codes).tolist())
-    return pd.Series(list(map(", ".join, zip(*fragments, strict=True))), index=typed.index, dtype=object)
+
+    def __init__(self, typed: pd.DataFrame, questionnaire: Questionnaire) -> None:
+        self.index = typed.index
+        # Per question: (per-row codes, fragments by code with the missing one last) or the free-text column.
+        self._columns: list[tuple[np.ndarray, np.ndarray] | tuple[str, np.ndarray, str]] = []
+        questions = list(questionnaire.questions)
+        for number, question in enumerate(questions):
+            # The braces travel with the first and last fragments: the per-row work is a single C-level join.
+            key = ("{" if number == 0 else "") + json.dumps(question.code) + ":"
+            end = "}" if number == len(questions) - 1 else ""
+            column = typed[question.code]
+            if question.kind == "text":
+                self._columns.append((key, column.to_numpy(dtype=object), end))
+                continue
+            if question.kind == "number":
+                numbers = typed[f"{question.code}__num"]
+                column = numbers.astype(object).where(numbers.notna() & numbers.abs().ne(float("inf")), None)
+            codes, uniques = distinct(column)
+            written = [_ANSWER_WRITERS[question.kind](str(value)) for value in uniques]
+            fragments = np.array([key + ("null" if text is None else text) + end for text in written]
+                                 + [key + "null" + end], dtype=object)
+            self._columns.append((codes, fragments))
+
+    def rows(self, positions: np.ndarray | slice = _ALL) -> list[str]:
+        parts: list[list[str]] = []
+        for column in self._columns:
+            if len(column) == 3:
+                key, texts, end = column
+                # Free text is mostly distinct: one fragment per row; orjson writes it 5x faster than json.dumps.
+                parts.append([key + (_json_string(text) if isinstance(text, str) else "null") + end
+                              for text in texts[positions].tolist()])
+            else:
+                codes, fragments = column
+                parts.append(fragments.take(codes[positions]).tolist())
+        return list(map(",".join, zip(*parts, strict=True)))
+
+
+def answers_json(typed: pd.DataFrame, questionnaire: Questionnaire) -> pd.Series:
+    """:class:`AnswerWriter`'s JSON for every row of ``typed``."""
+    return pd.Series(AnswerWriter(typed, questionnaire).rows(), index=typed.index, dtype=object)
+
+
+def _multi_select_json(text: str) -> str | None:
+    return json.dumps(text.split(";"), separators=(",", ":")) if _SAFE_CODES.fullmatch(text) else None
+
+
+def _integer_json(text: str) -> str | None:
+    return str(int(text)) if _INTEGER.fullmatch(text) and abs(int(text)) < 2**53 else None
+
+
+_ANSWER_WRITERS: dict[str, Callable[[str], str | None]] = {
+    "multi_select": _multi_select_json,
+    "integer": _integer_json,
+    "number": str,  # a float already (its repr is valid JSON: nan and inf were set aside)
+    "yes_no": {"yes": "true", "no": "false"}.get,
+    "single_select": json.dumps,
+}
 
 
 def _json_string(text: str) -> str:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from consult.errors import ConsultError
 from consult.ingest.matching import load_directory, match_partnerships
-from consult.ingest.normalise import Reason, answers_json, normalise
+from consult.ingest.normalise import AnswerWriter, Reason, normalise
 from consult.ingest.readers import ResponseFile, _canonical_cells, read_response_file
 from consult.ingest.store import (
     FileSummary,
@@ -49,7 +49,7 @@ class ValidatedFile:
     match: pd.DataFrame
     duplicate: bool
     submitted_at: pd.Series | None = None
-    answers: pd.Series | None = None
+    answers: AnswerWriter | None = None
     warnings: dict[int, list[Reason]] = field(default_factory=dict)
     validation: ValidationResult = field(default_factory=ValidationResult)
 
@@ -131,7 +131,7 @@ def validate_files(settings: Settings, year: int, matched: list[MatchedFile]) ->
                 match=item.match,
                 duplicate=False,
                 submitted_at=normalised.typed["submitted_at"],
-                answers=answers_json(normalised.typed, questionnaire),
+                answers=AnswerWriter(normalised.typed, questionnaire),
                 warnings=warnings,
                 validation=validation,
             )
@@ -262,7 +262,7 @@ def accept_quarantined(
     rows = RowsToStore(
         raw=raw, complete=cells["complete"].astype(bool), partnership=match["partnership"],
         matched_by=match["matched_by"], match_error=match["match_error"],
-        submitted_at=normalised.typed["submitted_at"], answers=answers_json(normalised.typed, questionnaire),
+        submitted_at=normalised.typed["submitted_at"], answers=AnswerWriter(normalised.typed, questionnaire),
         errors={}, warnings=_merge(normalised.warnings, validation.warnings, {row_number: review} if review else {}),
     )
     # The response and the review decision are written together or not at all.

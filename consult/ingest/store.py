@@ -43,7 +43,7 @@ from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.orm import Session
 
 from consult.errors import ConsultError
-from consult.ingest.normalise import Reason
+from consult.ingest.normalise import AnswerWriter, Reason
 from consult.ingest.readers import read_table
 from db.bulk import bulk_insert, foreign_keys_checked_in_bulk, timestamp_format, timestamp_texts
 from db.models import IngestedFile, Partnership, QuarantinedRow, Response, Round
@@ -98,7 +98,7 @@ class RowsToStore:
     matched_by: pd.Series
     match_error: pd.Series
     submitted_at: pd.Series
-    answers: pd.Series
+    answers: AnswerWriter
     errors: dict[int, list[Reason]]
     warnings: dict[int, list[Reason]]
 
@@ -191,13 +191,14 @@ def write_rows(
     row_numbers = rows.raw.index.to_numpy()
     partnership = rows.partnership.to_numpy(dtype="float64", na_value=np.nan)
     columns = [rows.matched_by.to_numpy(dtype=object), submitted_text,
-               status.to_numpy(dtype=object), rows.answers.to_numpy(dtype=object)]
+               status.to_numpy(dtype=object)]
 
     def all_response_rows() -> Iterator[tuple[Any, ...]]:
         for start in range(0, len(positions), CHUNK_ROWS):
             chosen = positions[start : start + CHUNK_ROWS]
             numbers = row_numbers[chosen].tolist()
-            matched_by, submitted, statuses, answers = (column[chosen].tolist() for column in columns)
+            matched_by, submitted, statuses = (column[chosen].tolist() for column in columns)
+            answers = rows.answers.rows(chosen)
             warnings_json = [json.dumps(rows.warnings[r], ensure_ascii=False) if r in warning_rows else "[]"
                              for r in numbers]
             yield from zip(
