@@ -1,4 +1,4 @@
-"""Big loads check foreign keys once for all on PostgreSQL, and still refuse a row that breaks one."""
+"""Big loads build keys and indexes once for all on PostgreSQL, and still refuse a row that breaks one."""
 
 from __future__ import annotations
 
@@ -16,22 +16,28 @@ def foreign_keys(engine: sa.Engine) -> set[str]:
     return {fk["name"] for fk in inspect(engine).get_foreign_keys("responses")}
 
 
+def keys_and_indexes(engine: sa.Engine) -> set[str]:
+    inspector = inspect(engine)
+    return (foreign_keys(engine) | {u["name"] for u in inspector.get_unique_constraints("responses")}
+            | {i["name"] for i in inspector.get_indexes("responses")})
+
+
 @pytest.fixture
 def bulk_from_one_row(monkeypatch: pytest.MonkeyPatch) -> None:
     """Take the bulk path for any file, so that the reference export exercises it."""
-    monkeypatch.setattr(bulk, "BULK_FOREIGN_KEY_ROWS", 1)
+    monkeypatch.setattr(bulk, "BULK_LOAD_ROWS", 1)
 
 
 def test_bulk_path_stores_the_file_and_keeps_every_foreign_key(engine, settings, round_2019, bulk_from_one_row):
     """The same outcome as the per-row path, and the schema unchanged after the load."""
-    keys_before = foreign_keys(engine)
+    keys_before = keys_and_indexes(engine)
     files = pipeline.read_files(settings, 2019, [str(EXAMPLES / "responses-2019.csv")])
     validated = pipeline.validate_files(settings, 2019, pipeline.match_files(settings, 2019, files))
     summary = pipeline.store_files(settings, 2019, validated)
     assert (summary.files[0].accepted, summary.files[0].quarantined) == (19, 1)
-    assert foreign_keys(engine) == keys_before == {
-        "fk_responses_file_id_ingested_files", "fk_responses_partnership_id_partnerships"
-    }
+    assert keys_and_indexes(engine) == keys_before
+    assert {"fk_responses_file_id_ingested_files", "fk_responses_partnership_id_partnerships",
+            "uq_responses_file_id", "ix_responses_round_status_partnership"} <= keys_before
 
 
 @pytest.mark.parametrize("db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
@@ -40,7 +46,7 @@ def test_a_row_breaking_a_foreign_key_rolls_the_whole_load_back(engine, round_20
     the key is still there."""
     with pytest.raises(sa.exc.IntegrityError, match="fk_responses_partnership_id_partnerships"), engine.begin() as connection:
         round_id = connection.scalar(select(Round.id).where(Round.year == 2019))
-        with bulk.foreign_keys_checked_in_bulk(connection, Response.__table__, rows=2):
+        with bulk.checked_in_bulk(connection, Response.__table__, rows=2):
             file_id = connection.execute(
                 sa.insert(IngestedFile).values(round_id=round_id, sha256="0" * 64, name="x.csv", size_bytes=1,
                                                row_count=2, layout="plain", report={}).returning(IngestedFile.id)
@@ -56,3 +62,48 @@ def test_a_row_breaking_a_foreign_key_rolls_the_whole_load_back(engine, round_20
         assert connection.scalar(select(func.count()).select_from(Response)) == 0
         assert connection.scalar(select(func.count()).select_from(IngestedFile)) == 0
     assert "fk_responses_partnership_id_partnerships" in foreign_keys(engine)
+
+
+@pytest.mark.parametrize("db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+def test_a_row_stored_twice_breaks_the_rebuilt_unique_key_and_rolls_back(engine, round_2019, bulk_from_one_row):
+    """The unique (file, row) key is rebuilt after the load: a duplicate row fails it, and nothing is stored."""
+    keys_before = keys_and_indexes(engine)
+    with pytest.raises(sa.exc.IntegrityError, match="uq_responses_file_id"), engine.begin() as connection:
+        round_id = connection.scalar(select(Round.id).where(Round.year == 2019))
+        with bulk.checked_in_bulk(connection, Response.__table__, rows=2):
+            file_id = connection.execute(
+                sa.insert(IngestedFile).values(round_id=round_id, sha256="1" * 64, name="x.csv", size_bytes=1,
+                                               row_count=2, layout="plain", report={}).returning(IngestedFile.id)
+            ).scalar_one()
+            row = (round_id, file_id, 2, 1, "token", "accepted", "{}", "[]", "2019-04-01 00:00:00+00:00")
+            bulk.bulk_insert(
+                connection, "responses",
+                ("round_id", "file_id", "row_number", "partnership_id", "matched_by", "status", "answers", "warnings",
+                 "created_at"),
+                [row, row],
+            )
+    with engine.connect() as connection:
+        assert connection.scalar(select(func.count()).select_from(Response)) == 0
+    assert keys_and_indexes(engine) == keys_before
+
+
+def test_column_wise_bulk_insert_keeps_every_value_exactly(engine):
+    """Backslashes, tabs, line breaks, NULLs, numbers and per-chunk constants come back as written, on the
+    driver's bulk path of either database (COPY text on PostgreSQL)."""
+    scratch = sa.Table("scratch_bulk", sa.MetaData(), sa.Column("n", sa.Integer), sa.Column("label", sa.Text),
+                       sa.Column("note", sa.Text), sa.Column("flag", sa.Boolean))
+    scratch.create(engine)
+    texts = ['{"story": "a \\"quoted\\" word"}', "tab\there", "line\nbreak\r\n", "back\\slash", "\\N", ""]
+    chunks = [
+        [[1, 2, 3], texts[:3], "constant", [True, False, None]],
+        [[4, 5, 6], texts[3:], None, True],
+    ]
+    with engine.begin() as connection:
+        written = bulk.bulk_insert_columns(connection, "scratch_bulk", ("n", "label", "note", "flag"), chunks)
+    with engine.connect() as connection:
+        stored = connection.execute(sa.select(scratch).order_by(scratch.c.n)).all()
+    assert written == 6
+    assert [tuple(row) for row in stored] == [
+        (1, texts[0], "constant", True), (2, texts[1], "constant", False), (3, texts[2], "constant", None),
+        (4, texts[3], None, True), (5, texts[4], None, True), (6, texts[5], None, True),
+    ]

@@ -32,7 +32,6 @@ import tempfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,7 @@ from sqlalchemy.orm import Session
 from consult.errors import ConsultError
 from consult.ingest.normalise import AnswerWriter, Reason
 from consult.ingest.readers import read_table
-from db.bulk import bulk_insert, foreign_keys_checked_in_bulk, timestamp_format, timestamp_texts
+from db.bulk import bulk_insert, bulk_insert_columns, checked_in_bulk, timestamp_format, timestamp_texts
 from db.models import IngestedFile, Partnership, QuarantinedRow, Response, Round
 
 RESPONSE_COLUMNS = (
@@ -193,20 +192,18 @@ def write_rows(
     columns = [rows.matched_by.to_numpy(dtype=object), submitted_text,
                status.to_numpy(dtype=object)]
 
-    def all_response_rows() -> Iterator[tuple[Any, ...]]:
+    def response_chunks() -> Iterator[list[Any]]:
+        """The stored rows a chunk at a time, column-wise, in RESPONSE_COLUMNS order."""
         for start in range(0, len(positions), CHUNK_ROWS):
             chosen = positions[start : start + CHUNK_ROWS]
             numbers = row_numbers[chosen].tolist()
             matched_by, submitted, statuses = (column[chosen].tolist() for column in columns)
-            answers = rows.answers.rows(chosen)
             warnings_json = [json.dumps(rows.warnings[r], ensure_ascii=False) if r in warning_rows else "[]"
-                             for r in numbers]
-            yield from zip(
-                repeat(round_id), repeat(file_id), numbers, partnership[chosen].astype("int64").tolist(),
-                matched_by, submitted, statuses, answers, warnings_json, repeat(now_text),
-            )
+                             for r in numbers] if warning_rows else "[]"
+            yield [round_id, file_id, numbers, partnership[chosen].astype("int64").tolist(), matched_by, submitted,
+                   statuses, rows.answers.rows(chosen), warnings_json, now_text]
 
-    bulk_insert(connection, "responses", RESPONSE_COLUMNS, all_response_rows())
+    bulk_insert_columns(connection, "responses", RESPONSE_COLUMNS, response_chunks())
 
     quarantined_index = rows.raw.index[quarantined.to_numpy()]
     if len(quarantined_index):
@@ -284,7 +281,7 @@ def store_file(
         if existing is not None:
             summary.skipped_as_duplicate_file = True
             return summary
-        with foreign_keys_checked_in_bulk(connection, Response.__table__, rows=len(rows.raw)):
+        with checked_in_bulk(connection, Response.__table__, rows=len(rows.raw)):
             file_id = connection.execute(
                 insert(IngestedFile).values(
                     round_id=round_id, sha256=sha256, name=name[:500], size_bytes=size_bytes,
