@@ -79,7 +79,13 @@ def bulk_insert_columns(
         statement = f"COPY {_quoted(table_name)} ({column_list}) FROM STDIN"
         count = 0
         driver_connection = connection.connection.driver_connection
-        with driver_connection.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
+        from psycopg.copy import QueuedLibpqWriter  # the driver of this branch
+
+        # A writer thread feeds the server while this one formats the next chunk: the two then work side by side
+        # (on two cores) instead of in turn.
+        with driver_connection.cursor() as cursor, cursor.copy(  # type: ignore[union-attr]
+            statement, writer=QueuedLibpqWriter(cursor)
+        ) as copy:
             for chunk in chunks:
                 length = _chunk_length(chunk)
                 fields = [_copy_field(values, length) for values in chunk]
@@ -109,7 +115,7 @@ def _expanded(values: Sequence[Any] | str | int | None, length: int) -> Sequence
 
 
 # COPY's text format: backslash escapes, tab between fields, newline between rows, \N for NULL.
-_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
+_COPY_SPECIALS = ("\\", "\t", "\n", "\r")
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
@@ -121,10 +127,11 @@ def _copy_field(values: Sequence[Any] | str | int | None, length: int) -> Sequen
         try:
             joined = "".join(values)  # TypeError unless every value is a str
         except TypeError:
-            if all(type(value) is int for value in values):
-                return list(map(str, values))
-        else:
-            return values if _COPY_SPECIAL.search(joined) is None else [v.translate(_COPY_ESCAPES) for v in values]
+            values = list(map(str, values))  # numbers (a bool's str, True/False, is valid boolean input)
+            joined = "".join(values)
+        if any(special in joined for special in _COPY_SPECIALS):  # str.__contains__: memchr speed
+            return [value.translate(_COPY_ESCAPES) for value in values]
+        return values
     return [_copy_value(value) for value in values]
 
 
