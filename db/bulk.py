@@ -115,6 +115,7 @@ def _expanded(values: Sequence[Any] | str | int | None, length: int) -> Sequence
 
 
 # COPY's text format: backslash escapes, tab between fields, newline between rows, \N for NULL.
+_COPY_NULL = "\\N"
 _COPY_SPECIALS = ("\\", "\t", "\n", "\r")
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -123,21 +124,26 @@ def _copy_field(values: Sequence[Any] | str | int | None, length: int) -> Sequen
     """One column of a chunk as COPY text fields; the checks run over the whole column at C speed."""
     if values is None or isinstance(values, str | int):
         return [_copy_value(values)] * length
-    if None not in values:
-        try:
-            joined = "".join(values)  # TypeError unless every value is a str
-        except TypeError:
-            values = list(map(str, values))  # numbers (a bool's str, True/False, is valid boolean input)
-            joined = "".join(values)
-        if any(special in joined for special in _COPY_SPECIALS):  # str.__contains__: memchr speed
-            return [value.translate(_COPY_ESCAPES) for value in values]
-        return values
-    return [_copy_value(value) for value in values]
+    has_null = None in values
+    present = [value for value in values if value is not None] if has_null else values
+    try:
+        joined = "".join(present)  # TypeError unless every value is a str
+    except TypeError:
+        if not all(isinstance(value, int | float) for value in present):
+            return [_copy_value(value) for value in values]
+        present = list(map(str, present))  # numbers (a bool's str, True/False, is valid boolean input)
+        joined = ""
+    if any(special in joined for special in _COPY_SPECIALS):  # str.__contains__: memchr speed
+        return [_copy_value(value) for value in values]
+    if not has_null:
+        return present
+    texts = iter(present)
+    return [_COPY_NULL if value is None else next(texts) for value in values]
 
 
 def _copy_value(value: Any) -> str:
     if value is None:
-        return "\\N"
+        return _COPY_NULL
     return str(value).translate(_COPY_ESCAPES)
 
 

@@ -181,7 +181,6 @@ def write_rows(
         connection.execute(
             update(Response).where(Response.id.in_(earlier)).values(status="superseded"),
         )
-    submitted_text = timestamp_texts(connection, rows.submitted_at)
     # Partial rows are not validated, so their warnings are the normaliser's only; all others carry both.
     warning_rows = set(rows.warnings)
 
@@ -189,15 +188,16 @@ def write_rows(
     positions = np.flatnonzero(stored.to_numpy())
     row_numbers = rows.raw.index.to_numpy()
     partnership = rows.partnership.to_numpy(dtype="float64", na_value=np.nan)
-    columns = [rows.matched_by.to_numpy(dtype=object), submitted_text,
-               status.to_numpy(dtype=object)]
+    columns = [rows.matched_by.to_numpy(dtype=object), status.to_numpy(dtype=object)]
 
     def response_chunks() -> Iterator[list[Any]]:
         """The stored rows a chunk at a time, column-wise, in RESPONSE_COLUMNS order."""
         for start in range(0, len(positions), CHUNK_ROWS):
             chosen = positions[start : start + CHUNK_ROWS]
             numbers = row_numbers[chosen].tolist()
-            matched_by, submitted, statuses = (column[chosen].tolist() for column in columns)
+            matched_by, statuses = (column[chosen].tolist() for column in columns)
+            # Per chunk, like everything here: on PostgreSQL it overlaps with the server's work on the last one.
+            submitted = timestamp_texts(connection, rows.submitted_at.iloc[chosen]).tolist()
             warnings_json = [json.dumps(rows.warnings[r], ensure_ascii=False) if r in warning_rows else "[]"
                              for r in numbers] if warning_rows else "[]"
             yield [round_id, file_id, numbers, partnership[chosen].astype("int64").tolist(), matched_by, submitted,
