@@ -167,6 +167,7 @@ def _register_stage_commands() -> None:
     app.add_typer(cli_mail.app)
     app.add_typer(cli_ingest.app)
     app.add_typer(cli_ingest.quarantine_app, name="quarantine", help="Review quarantined rows.")
+    app.add_typer(cli_ingest.files_app, name="files", help="Ingested files, kept byte for byte.")
     app.add_typer(cli_publish.app)
     app.add_typer(cli_serve.app)
 

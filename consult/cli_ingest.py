@@ -19,6 +19,7 @@ from db.engine import open_database
 
 app = typer.Typer(no_args_is_help=True)
 quarantine_app = typer.Typer(help="Review quarantined rows: list, show, accept after a fix, reject.", no_args_is_help=True)
+files_app = typer.Typer(help="Ingested files, kept byte for byte: list, show a row, export.", no_args_is_help=True)
 
 RowArg = Annotated[int, typer.Argument(help="The quarantined row's id (see `consult quarantine list`).")]
 
@@ -145,3 +146,54 @@ def quarantine_reject(
         reject_quarantined(session, year, row_id, note=note)
     typer.echo(f"quarantined row {row_id} rejected")
 
+
+
+FileArg = Annotated[int, typer.Argument(help="The ingested file's id (see `consult files list`).")]
+
+
+@files_app.command("list")
+def files_list(year: YearArg) -> None:
+    """The files ingested into a round, with their SHA-256 and row counts."""
+    from consult.ingest.store import list_files
+    from db.engine import session_scope
+
+    with session_scope(_engine()) as session:
+        files = list_files(session, year)
+    if not files:
+        typer.echo(f"no file ingested into round {year} yet")
+    for item in files:
+        kept = "" if item.kept else "  (bytes not kept: ingested before 0002)"
+        typer.echo(f"{item.id}  {item.name}  {item.row_count} rows  {item.size_bytes} bytes  "
+                   f"sha256 {item.sha256[:16]}…  {item.ingested_at:%Y-%m-%d %H:%M}{kept}")
+
+
+@files_app.command("show")
+def files_show(
+    year: YearArg,
+    file_id: FileArg,
+    row: Annotated[int, typer.Argument(help="Row number as a spreadsheet shows it (the header is row 1).")],
+) -> None:
+    """One row of an ingested file, cell by cell, exactly as exported."""
+    from consult.ingest.store import file_row_cells
+    from db.engine import session_scope
+
+    with session_scope(_engine()) as session:
+        cells = file_row_cells(session, year, file_id, row)
+    # JSON keeps control characters and formulas visible as text instead of acting on the terminal.
+    for column, value in cells.items():
+        typer.echo(f"{column}: {json.dumps(value, ensure_ascii=False)}")
+
+
+@files_app.command("export")
+def files_export(
+    year: YearArg,
+    file_id: FileArg,
+    to: Annotated[Path, typer.Option("--to", help="Folder to write the file into.")] = Path("."),
+) -> None:
+    """Write an ingested file back exactly as it was received (checked against its SHA-256)."""
+    from consult.ingest.store import export_file
+    from db.engine import session_scope
+
+    with session_scope(_engine()) as session:
+        target = export_file(session, year, file_id, to)
+    typer.echo(f"wrote {target}")

@@ -3,6 +3,7 @@ grow with the files, and the analysts' quarantine review."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,34 @@ def test_cli_ingest_then_review_the_quarantine(engine, settings, round_2019):
         assert session.scalar(select(func.count()).select_from(Response).where(Response.status == "accepted")) == 20
     listed = runner.invoke(cli_app, ["quarantine", "list", "2019"], catch_exceptions=False)
     assert "no open quarantined row" in listed.output
+
+
+def test_cli_files_list_show_and_export_give_back_what_was_received(engine, settings, round_2019, tmp_path):
+    """The file is kept byte for byte: listed with its SHA-256, a row shown cell by cell, exported unchanged;
+    a wrong file id or row is one line naming it."""
+    source = EXAMPLES / "responses-2019.csv"
+    runner = CliRunner()
+    runner.invoke(cli_app, ["ingest", "2019", str(source)], catch_exceptions=False)
+    listed = runner.invoke(cli_app, ["files", "list", "2019"], catch_exceptions=False)
+    assert "responses-2019.csv  22 rows" in listed.output
+    assert hashlib.sha256(source.read_bytes()).hexdigest()[:16] in listed.output
+    file_id = listed.output.split()[0]
+
+    shown = runner.invoke(cli_app, ["files", "show", "2019", file_id, "9"], catch_exceptions=False)
+    assert 'partnership_id: "ESCP4I-09"' in shown.output
+    assert "\\n" in shown.output.split("success_story: ")[1]  # the two-line story, its line break visible
+
+    exported = runner.invoke(cli_app, ["files", "export", "2019", file_id, "--to", str(tmp_path)],
+                             catch_exceptions=False)
+    assert exported.exit_code == 0, exported.output
+    assert (tmp_path / "responses-2019.csv").read_bytes() == source.read_bytes()
+    again = runner.invoke(cli_app, ["files", "export", "2019", file_id, "--to", str(tmp_path)])
+    assert again.exit_code != 0 and "already exists" in str(again.exception)
+
+    missing_row = runner.invoke(cli_app, ["files", "show", "2019", file_id, "99"])
+    assert "responses-2019.csv has no row 99 (rows 2..23)" in str(missing_row.exception)
+    missing_file = runner.invoke(cli_app, ["files", "export", "2019", "999"])
+    assert "round 2019 has no ingested file 999" in str(missing_file.exception)
 
 
 def test_cli_quarantine_accept_refuses_a_fix_that_is_still_invalid(engine, settings, round_2019, tmp_path):

@@ -27,6 +27,7 @@ Rows are written with the driver's bulk path (:mod:`db.bulk`), never one ORM obj
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import tempfile
 import zlib
@@ -322,6 +323,64 @@ def stored_file_cells(session: Session, file_id: int) -> pd.DataFrame:
         copy = Path(folder) / Path(name).name
         copy.write_bytes(zlib.decompress(content))
         return read_table(copy).cells
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    id: int
+    name: str
+    sha256: str
+    size_bytes: int
+    row_count: int
+    ingested_at: dt.datetime
+    kept: bool  # its bytes are stored (files ingested before schema 0002 are not)
+
+
+def list_files(session: Session, year: int) -> list[StoredFile]:
+    query = (
+        select(IngestedFile.id, IngestedFile.name, IngestedFile.sha256, IngestedFile.size_bytes,
+               IngestedFile.row_count, IngestedFile.ingested_at, IngestedFile.content.is_not(None))
+        .join(Round, Round.id == IngestedFile.round_id)
+        .where(Round.year == year)
+        .order_by(IngestedFile.id)
+    )
+    return [StoredFile(*row) for row in session.execute(query).all()]
+
+
+def _file_of_round(session: Session, year: int, file_id: int) -> IngestedFile:
+    found = session.scalar(
+        select(IngestedFile).join(Round, Round.id == IngestedFile.round_id)
+        .where(Round.year == year, IngestedFile.id == file_id)
+    )
+    if found is None:
+        raise ConsultError(f"round {year} has no ingested file {file_id}: see `consult files list {year}`")
+    return found
+
+
+def export_file(session: Session, year: int, file_id: int, folder: Path) -> Path:
+    """Write a stored file back, byte for byte, as ``folder/NAME``; checked against its recorded SHA-256."""
+    record = _file_of_round(session, year, file_id)
+    if record.content is None:
+        raise ConsultError(f"{record.name}: stored before files were kept; its rows keep their own raw cells")
+    content = zlib.decompress(record.content)
+    if hashlib.sha256(content).hexdigest() != record.sha256:
+        raise ConsultError(f"{record.name}: the stored bytes do not match the recorded SHA-256; do not trust them")
+    target = folder / Path(record.name).name
+    if target.exists():
+        raise ConsultError(f"{target}: already exists; choose another folder with --to")
+    folder.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(content)
+    return target
+
+
+def file_row_cells(session: Session, year: int, file_id: int, row_number: int) -> dict[str, str]:
+    """One row of a stored file, as exported ({column: text}), by its row number."""
+    record = _file_of_round(session, year, file_id)
+    cells = stored_file_cells(session, record.id)
+    if row_number not in cells.index:
+        first, last = (int(cells.index.min()), int(cells.index.max())) if len(cells) else (0, 0)
+        raise ConsultError(f"{record.name} has no row {row_number} (rows {first}..{last})")
+    return {str(key): str(value) for key, value in cells.loc[row_number].items()}
 
 
 def raw_cells(session: Session, response: Response) -> dict[str, str]:
