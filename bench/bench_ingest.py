@@ -94,6 +94,9 @@ def setup_database(url: str, rows: int) -> None:
             from sqlalchemy import text
 
             connection.execute(text("SELECT setval('partnerships_id_seq', (SELECT max(id) FROM partnerships))"))
+            # As `consult round open` does after enrolling (and autovacuum would, in the weeks before answers).
+            connection.execute(text("ANALYZE partnerships"))
+            connection.execute(text("ANALYZE round_participants"))
 
 
 # --- what is measured, each in its own process --------------------------------------------------------------

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from consult.errors import ConsultError
@@ -119,6 +119,10 @@ def open_round(
         if partnership.id not in enrolled
     )
     session.flush()
+    if session.get_bind().dialect.name == "postgresql":
+        # Fresh statistics for the planner: matching joins the round's participants with the panel, and with
+        # stale ones PostgreSQL picks a nested loop (1.1 s for a million participants instead of 0.3 s).
+        session.execute(text("ANALYZE round_participants"))
     return RoundInfo(
         year=year,
         status=round_.status,

@@ -249,3 +249,5 @@ def checked_in_bulk(connection: Connection, target: Table, *, rows: int) -> Iter
         connection.execute(CreateIndex(index))
     for constraint in [*uniques, *foreign_keys]:
         connection.execute(AddConstraint(constraint))
+    # "Run ANALYZE afterwards": the planner's statistics now describe the table it will read (a sample, 0.1 s).
+    connection.execute(text(f"ANALYZE {_quoted(target.name)}"))
