@@ -14,12 +14,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, Table, UniqueConstraint, column, table, text
+from sqlalchemy import Connection, ForeignKeyConstraint, Table, UniqueConstraint, column, table, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.schema import AddConstraint, CreateIndex, DropConstraint, DropIndex
 
 SQLITE_BULK_CACHE_KIB = 64 * 1024
-# From this many rows (when they are a good part of the table), PostgreSQL loads go through checked_in_bulk.
+# From this many rows (when they are a good part of the table), PostgreSQL loads go through checked_in_bulk,
+# if its locks can be had within BULK_LOCK_TIMEOUT_MS.
 BULK_LOAD_ROWS = 50_000
+BULK_LOCK_TIMEOUT_MS = 5_000
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -202,6 +205,23 @@ def timestamp_texts(connection: Connection, values: pd.Series) -> np.ndarray:
     return formatted
 
 
+def _locked_for_bulk(connection: Connection, target: Table, foreign_keys: Sequence[ForeignKeyConstraint]) -> bool:
+    """Take the exclusive locks the bulk path needs, all at once; False (nothing held) if they are busy."""
+    tables = [target.name, *sorted({constraint.referred_table.name for constraint in foreign_keys})]
+    savepoint = connection.begin_nested()
+    try:
+        connection.execute(text(f"SET LOCAL lock_timeout = {int(BULK_LOCK_TIMEOUT_MS)}"))
+        connection.execute(text(f"LOCK TABLE {', '.join(_quoted(name) for name in tables)} IN ACCESS EXCLUSIVE MODE"))
+    except OperationalError as error:  # lock_not_available (55P03) or deadlock_detected (40P01)
+        if getattr(error.orig, "sqlstate", None) not in ("55P03", "40P01"):
+            raise
+        savepoint.rollback()  # undoes the SET LOCAL too
+        return False
+    connection.execute(text("SET LOCAL lock_timeout = DEFAULT"))
+    savepoint.commit()
+    return True
+
+
 def fetch_all(connection: Connection, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
     """Rows of a read-only query through the driver's cursor: for result sets of a million rows, where
     SQLAlchemy's row objects double the time. ``sql`` uses ``?`` placeholders (rewritten for psycopg)."""
@@ -225,8 +245,10 @@ def checked_in_bulk(connection: Connection, target: Table, *, rows: int) -> Iter
     table in one join. An index built by one sort costs about half its row-by-row upkeep. Everything happens in
     the caller's transaction, so nobody else ever sees the table without them, and a row that breaks a key or a
     unique constraint makes the ADD fail and the whole transaction roll back. The price is an exclusive lock on
-    ``target`` (and a share lock on the tables it refers to) until commit. Small loads, loads into a much bigger
-    table (the rebuild would cost more than it saves) and other databases keep the usual per-row checks.
+    ``target`` and the tables it refers to until commit, taken all at once up front (waiting at most
+    BULK_LOCK_TIMEOUT_MS: readers keep the tables busy -> the usual path), so that the load never waits again and
+    cannot deadlock. Small loads, loads into a much bigger table (the rebuild would cost more than it saves) and
+    other databases keep the usual per-row checks.
     """
     foreign_keys = sorted(target.foreign_key_constraints, key=lambda constraint: str(constraint.name))
     uniques = sorted((c for c in target.constraints if isinstance(c, UniqueConstraint)), key=lambda c: str(c.name))
@@ -237,7 +259,7 @@ def checked_in_bulk(connection: Connection, target: Table, *, rows: int) -> Iter
     # reltuples: the planner's row estimate, free to read (-1 before the first ANALYZE).
     existing = connection.scalar(text("SELECT reltuples FROM pg_class WHERE oid = CAST(:name AS regclass)"),
                                  {"name": target.name}) or 0
-    if existing > 4 * rows:
+    if existing > 4 * rows or not _locked_for_bulk(connection, target, foreign_keys):
         yield
         return
     for constraint in [*foreign_keys, *uniques]:

@@ -107,3 +107,26 @@ def test_column_wise_bulk_insert_keeps_every_value_exactly(engine):
         (1, texts[0], "constant", True), (2, texts[1], "constant", False), (3, texts[2], "constant", None),
         (4, texts[3], None, True), (5, texts[4], None, True), (6, texts[5], None, True),
     ]
+
+
+@pytest.mark.parametrize("db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+def test_bulk_path_steps_aside_when_another_session_is_reading_the_panel(
+    engine, settings, round_2019, bulk_from_one_row, monkeypatch
+):
+    """A long read of the panel in another session keeps the bulk path's locks busy: the file is stored the
+    usual way instead of waiting (or deadlocking), with the same outcome. Had the store waited for the lock, it
+    would wait for this test's reader forever: finishing at all is the proof."""
+    monkeypatch.setattr(bulk, "BULK_LOCK_TIMEOUT_MS", 200)
+    keys_before = keys_and_indexes(engine)
+    reader = engine.connect()
+    try:
+        reader.begin()
+        reader.execute(sa.text("SELECT count(*) FROM partnerships")).scalar_one()  # holds its share lock
+        files = pipeline.read_files(settings, 2019, [str(EXAMPLES / "responses-2019.csv")])
+        validated = pipeline.validate_files(settings, 2019, pipeline.match_files(settings, 2019, files))
+        summary = pipeline.store_files(settings, 2019, validated)
+    finally:
+        reader.rollback()
+        reader.close()
+    assert (summary.files[0].accepted, summary.files[0].quarantined) == (19, 1)
+    assert keys_and_indexes(engine) == keys_before
