@@ -40,50 +40,48 @@ def test_bulk_path_stores_the_file_and_keeps_every_foreign_key(engine, settings,
             "uq_responses_file_id", "ix_responses_round_status_partnership"} <= keys_before
 
 
-@pytest.mark.parametrize("db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
-def test_a_row_breaking_a_foreign_key_rolls_the_whole_load_back(engine, round_2019, bulk_from_one_row):
-    """A response of a partnership that does not exist fails when the key is added back: nothing is stored and
-    the key is still there."""
-    with pytest.raises(sa.exc.IntegrityError, match="fk_responses_partnership_id_partnerships"), engine.begin() as connection:
+def load_in_bulk(engine: sa.Engine, rows: list[tuple[int, str]]) -> None:
+    """One file of 2019 through the bulk path: ``rows`` are (row number, partnership id) pairs."""
+    with engine.begin() as connection:
         round_id = connection.scalar(select(Round.id).where(Round.year == 2019))
-        with bulk.checked_in_bulk(connection, Response.__table__, rows=2):
+        with bulk.checked_in_bulk(connection, Response.__table__, rows=len(rows)):
             file_id = connection.execute(
                 sa.insert(IngestedFile).values(round_id=round_id, sha256="0" * 64, name="x.csv", size_bytes=1,
-                                               row_count=2, layout="plain", report={}).returning(IngestedFile.id)
+                                               row_count=len(rows), layout="plain", report={}).returning(IngestedFile.id)
             ).scalar_one()
             bulk.bulk_insert(
                 connection, "responses",
                 ("round_id", "file_id", "row_number", "partnership_id", "matched_by", "status", "answers", "warnings",
                  "created_at"),
-                [(round_id, file_id, 2, 1, "token", "accepted", "{}", "[]", "2019-04-01 00:00:00+00:00"),
-                 (round_id, file_id, 3, 999_999, "token", "accepted", "{}", "[]", "2019-04-01 00:00:00+00:00")],
+                [(round_id, file_id, number, partnership, "token", "accepted", "{}", "[]", "2019-04-01 00:00:00+00:00")
+                 for number, partnership in rows],
             )
+
+
+def nothing_stored(engine: sa.Engine) -> bool:
     with engine.connect() as connection:
-        assert connection.scalar(select(func.count()).select_from(Response)) == 0
-        assert connection.scalar(select(func.count()).select_from(IngestedFile)) == 0
-    assert "fk_responses_partnership_id_partnerships" in foreign_keys(engine)
+        return (connection.scalar(select(func.count()).select_from(Response)) == 0
+                and connection.scalar(select(func.count()).select_from(IngestedFile)) == 0)
+
+
+@pytest.mark.parametrize("db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+def test_a_row_breaking_a_foreign_key_rolls_the_whole_load_back(engine, round_2019, bulk_from_one_row):
+    """A response of a partnership that does not exist fails when the key is added back: nothing is stored and
+    the key is still there."""
+    keys_before = keys_and_indexes(engine)
+    with pytest.raises(sa.exc.IntegrityError, match="fk_responses_partnership_id_partnerships"):
+        load_in_bulk(engine, [(2, 1), (3, 999_999)])
+    assert nothing_stored(engine)
+    assert keys_and_indexes(engine) == keys_before
 
 
 @pytest.mark.parametrize("db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
 def test_a_row_stored_twice_breaks_the_rebuilt_unique_key_and_rolls_back(engine, round_2019, bulk_from_one_row):
     """The unique (file, row) key is rebuilt after the load: a duplicate row fails it, and nothing is stored."""
     keys_before = keys_and_indexes(engine)
-    with pytest.raises(sa.exc.IntegrityError, match="uq_responses_file_id"), engine.begin() as connection:
-        round_id = connection.scalar(select(Round.id).where(Round.year == 2019))
-        with bulk.checked_in_bulk(connection, Response.__table__, rows=2):
-            file_id = connection.execute(
-                sa.insert(IngestedFile).values(round_id=round_id, sha256="1" * 64, name="x.csv", size_bytes=1,
-                                               row_count=2, layout="plain", report={}).returning(IngestedFile.id)
-            ).scalar_one()
-            row = (round_id, file_id, 2, 1, "token", "accepted", "{}", "[]", "2019-04-01 00:00:00+00:00")
-            bulk.bulk_insert(
-                connection, "responses",
-                ("round_id", "file_id", "row_number", "partnership_id", "matched_by", "status", "answers", "warnings",
-                 "created_at"),
-                [row, row],
-            )
-    with engine.connect() as connection:
-        assert connection.scalar(select(func.count()).select_from(Response)) == 0
+    with pytest.raises(sa.exc.IntegrityError, match="uq_responses_file_id"):
+        load_in_bulk(engine, [(2, 1), (2, 1)])
+    assert nothing_stored(engine)
     assert keys_and_indexes(engine) == keys_before
 
 
