@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -96,6 +97,12 @@ class BatchContext:
     language: str = "en"
 
 
+def titled_with_year(title: str, year: int) -> str:
+    """The consultation's name with its year, once: a questionnaire titled "ESCP-4i yearly consultation 2019"
+    stays as it is, one titled "Panel survey" becomes "Panel survey 2019"."""
+    return title if re.search(rf"(?<!\d){year}(?!\d)", title) else f"{title} {year}"
+
+
 def render_content(kind: str, context: BatchContext, *, directory: Path = EMAIL_TEMPLATES_DIR) -> Content:
     """Render ``kind``'s templates once, with placeholders for per-recipient values."""
     text_name, html_name = template_names(kind, context.language) if directory == EMAIL_TEMPLATES_DIR else (
@@ -106,7 +113,7 @@ def render_content(kind: str, context: BatchContext, *, directory: Path = EMAIL_
     values = {
         "year": context.year,
         "deadline": format_date(context.deadline, language),
-        "consultation_title": single_line(context.consultation_title),
+        "consultation_title": titled_with_year(single_line(context.consultation_title), context.year),
         "sender_name": single_line(context.sender_name),
         "language": language,
     }
