@@ -384,7 +384,9 @@ def file_row_cells(session: Session, year: int, file_id: int, row_number: int) -
 
 
 def raw_cells(session: Session, response: Response) -> dict[str, str]:
-    """A response's cells as exported ({column: text}): its row of the stored file."""
+    """A response's cells as exported ({column: text}): its row of the stored file.
+
+    Reads the whole stored file for one row: for many rows of one file, read :func:`stored_file_cells` once."""
     if response.raw is not None:  # stored under schema 0001, with a per-row copy
         return {str(key): "" if value is None else str(value) for key, value in response.raw.items()}
     row = stored_file_cells(session, response.file_id).loc[response.row_number]
