@@ -75,8 +75,8 @@ def bulk_insert_columns(
 ) -> int:
     """Like :func:`bulk_insert`, with the rows given a chunk at a time, column-wise: each chunk holds one
     sequence per column (all of one length), or a single ``str``/``int`` for a column that is the same on every
-    row (``None``: NULL on every row). On PostgreSQL each chunk becomes COPY text in a few C-level joins, instead of a Python call per row
-    (psycopg's ``write_row`` cost 2 s of a million-row store)."""
+    row (``None``: NULL on every row). On PostgreSQL each chunk becomes COPY text in a few C-level joins,
+    instead of a Python call per row (psycopg's ``write_row`` cost 2 s of a million-row store)."""
     if connection.dialect.name == "postgresql" and connection.dialect.driver == "psycopg":
         column_list = ", ".join(_quoted(name) for name in columns)
         statement = f"COPY {_quoted(table_name)} ({column_list}) FROM STDIN"
@@ -125,7 +125,7 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\
 
 def _copy_field(values: Sequence[Any] | str | int | None, length: int) -> Sequence[str]:
     """One column of a chunk as COPY text fields; the checks run over the whole column at C speed."""
-    if values is None or isinstance(values, str | int):
+    if _is_constant(values):
         return [_copy_value(values)] * length
     has_null = None in values
     present = [value for value in values if value is not None] if has_null else values

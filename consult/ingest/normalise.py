@@ -39,27 +39,25 @@ class Normalised:
     warnings: dict[int, list[Reason]] = field(default_factory=dict)
 
 
-def _categorical(values: pd.Series, clean: Callable[[str], str | None]) -> pd.Series:
-    """``clean`` applied once per distinct cell value, not once per row: survey answers repeat a lot (yes/no,
-    small integers, option combinations), so a million rows hold a few thousand distinct values. The result is
-    a categorical column (``None`` -> missing).
+def _categorical(codes: np.ndarray, uniques: list[str], clean: Callable[[str], str | None], index: pd.Index) -> pd.Series:
+    """``clean`` applied once per distinct cell value (``uniques``; ``codes``: each row's position in them, -1
+    when missing), not once per row: survey answers repeat a lot (yes/no, small integers, option combinations),
+    so a million rows hold a few thousand distinct values. The result is a categorical column (``None`` ->
+    missing).
 
     Categoricals are what keeps validation cheap: Great Expectations filters, copies and fingerprints the
     whole table once per expectation, and a categorical column is one byte a row where text is a pointer to a
     Python string; it also hands its distinct values to the next step without another pass over the rows.
     """
-    codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    cleaned = np.array([clean(str(value)) for value in uniques] + [None], dtype=object)
+    cleaned = np.array([clean(value) for value in uniques] + [None], dtype=object)
     category_codes, categories = pd.factorize(cleaned, use_na_sentinel=True)
     # A row's code -1 (missing) takes the appended None, whose category code is -1 too.
-    return pd.Series(pd.Categorical.from_codes(category_codes.take(codes), categories=categories),
-                     index=values.index)
+    return pd.Series(pd.Categorical.from_codes(category_codes.take(codes), categories=categories), index=index)
 
 
-def _floats(values: pd.Series, parse: Callable[[str], float]) -> pd.Series:
-    codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    numbers = np.array([parse(str(value)) for value in uniques] + [np.nan], dtype="float64")
-    return pd.Series(numbers.take(codes), index=values.index)
+def _floats(codes: np.ndarray, uniques: list[str], parse: Callable[[str], float], index: pd.Index) -> pd.Series:
+    numbers = np.array([parse(value) for value in uniques] + [np.nan], dtype="float64")
+    return pd.Series(numbers.take(codes), index=index)
 
 
 def distinct(column: pd.Series) -> tuple[np.ndarray, list[Any]]:
@@ -122,16 +120,25 @@ def _normalise_question(
     question: Question, values: pd.Series, warnings: dict[int, list[Reason]]
 ) -> dict[str, pd.Series]:
     code = question.code
+    if question.kind == "text":
+        # Free text is kept exactly as written (HTML, formulas, line breaks): it is escaped wherever it is shown.
+        text = values.to_numpy(dtype=object)
+        blank = np.array([not value.strip() for value in text.tolist()], dtype=bool)
+        kept = text.copy()
+        kept[blank] = None
+        return {code: pd.Series(kept, index=values.index, dtype=object)}
+    # Every other kind works on the column's distinct values, found once here.
+    codes, found = pd.factorize(values, use_na_sentinel=True)
+    uniques = [str(value) for value in found]
     if question.kind in ("integer", "number"):
-        cleaned = _categorical(values, _text)
         parse = _integer if question.kind == "integer" else _number
-        return {code: cleaned, f"{code}__num": _floats(values, parse)}
+        return {code: _categorical(codes, uniques, _text, values.index),
+                f"{code}__num": _floats(codes, uniques, parse, values.index)}
     if question.kind == "multi_select":
         upper = question.options == ISO3166
-        cleaned = _categorical(values, lambda value: _options(value, upper=upper))
+        cleaned = _categorical(codes, uniques, lambda value: _options(value, upper=upper), values.index)
         if upper:
-            codes, uniques = pd.factorize(values, use_na_sentinel=True)
-            as_written = [_options(str(value), upper=False) for value in uniques]
+            as_written = [_options(value, upper=False) for value in uniques]
             changed = [i for i, text in enumerate(as_written) if text is not None and text != text.upper()]
             for position in np.flatnonzero(np.isin(codes, changed)):
                 value = as_written[codes[position]]
@@ -147,15 +154,8 @@ def _normalise_question(
                 )
         return {code: cleaned}
     if question.kind == "yes_no":
-        return {code: _categorical(values, _yes_no)}
-    if question.kind == "single_select":
-        return {code: _categorical(values, _text)}
-    # Free text is kept exactly as written (HTML, formulas, line breaks): it is escaped wherever it is shown.
-    text = values.to_numpy(dtype=object)
-    blank = np.array([not value.strip() for value in text.tolist()], dtype=bool)
-    kept = text.copy()
-    kept[blank] = None
-    return {code: pd.Series(kept, index=values.index, dtype=object)}
+        return {code: _categorical(codes, uniques, _yes_no, values.index)}
+    return {code: _categorical(codes, uniques, _text, values.index)}  # single_select
 
 
 def parse_timestamps(values: pd.Series, timezone: str) -> pd.Series:
