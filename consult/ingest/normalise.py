@@ -128,7 +128,7 @@ def _normalise_question(
         kept[blank] = None
         return {code: pd.Series(kept, index=values.index, dtype=object)}
     # Every other kind works on the column's distinct values, found once here.
-    codes, found = pd.factorize(values, use_na_sentinel=True)
+    codes, found = distinct(values)
     uniques = [str(value) for value in found]
     if question.kind in ("integer", "number"):
         parse = _integer if question.kind == "integer" else _number

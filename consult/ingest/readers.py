@@ -122,17 +122,16 @@ def read_table(path: Path) -> Table:
         file_format, encoding, delimiter = "jsonl", "utf-8", None
     else:
         encoding, delimiter = detect_csv_dialect(path)
-        try:
-            table, header_row, notes = _read_csv(path, encoding, delimiter)
-        except UnicodeDecodeError:
-            if encoding != "utf-8":
-                raise ConsultError(f"{path}: the text is neither UTF-8 nor cp1252; save it as UTF-8 CSV") from None
-            # UTF-8 at the start only: the whole file is read as cp1252, as a spreadsheet saved on Windows is.
-            encoding = "cp1252"
+        # UTF-8 at the start only: the whole file is read as cp1252, as a spreadsheet saved on Windows is.
+        for attempt in (encoding, "cp1252") if encoding == "utf-8" else (encoding,):
             try:
-                table, header_row, notes = _read_csv(path, encoding, delimiter)
+                table, header_row, notes = _read_csv(path, attempt, delimiter)
             except UnicodeDecodeError:
-                raise ConsultError(f"{path}: the text is neither UTF-8 nor cp1252; save it as UTF-8 CSV") from None
+                continue
+            encoding = attempt
+            break
+        else:
+            raise ConsultError(f"{path}: the text is neither UTF-8 nor cp1252; save it as UTF-8 CSV")
         file_format = "csv"
     if header_row is not None:
         table.index = pd.RangeIndex(header_row + 1, header_row + 1 + len(table), name="row_number")
