@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -236,7 +237,8 @@ class Response(Base):
     raw: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     answers: Mapped[dict[str, Any]] = mapped_column(JSON)
     warnings: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The database's clock as well as ours: bulk loads leave it to the server (see consult.ingest.store).
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
 
 
 class QuarantinedRow(Base):

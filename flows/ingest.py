@@ -1,4 +1,5 @@
-"""Ingest response files for a round: read -> match -> validate -> store -> data-quality report.
+"""Ingest response files for a round: read -> match -> validate -> store (beside it: Data Docs) -> data-quality
+report.
 
 One task per stage for all files (never one per file or row), so task runs do not grow with the data.
 Reading every file comes first: an unreadable file stops the flow before anything is stored.
@@ -19,6 +20,7 @@ from tasks.ingest import (
     read_files_task,
     store_files_task,
     validate_files_task,
+    write_data_docs_task,
 )
 
 
@@ -28,11 +30,13 @@ def ingest_responses(year: int, paths: list[str]) -> IngestSummary:
     files = read_files_task.submit(year, paths)
     matched = match_files_task.submit(year, files)
     validated = validate_files_task.submit(year, matched)
+    # The Data Docs are rendered (in Python) while the database stores the rows: side by side, on two cores.
+    docs = write_data_docs_task.submit(year, validated)
     summary = store_files_task.submit(year, validated)
-    report = publish_dq_report_task.submit(year, summary, validated)
+    report = publish_dq_report_task.submit(year, summary, validated, docs)
     # In stage order: the first stage that failed re-raises its own error (a ConsultError naming the file);
     # the stages after it never ran (a later future would only say "pending").
     files.result(), matched.result(), validated.result()
     stored = summary.result()
-    report.result()
+    docs.result(), report.result()
     return stored

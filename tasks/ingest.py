@@ -3,6 +3,8 @@ consult.ingest.pipeline. They take DataFrames, so they never hash their inputs (
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
@@ -34,12 +36,18 @@ def store_files_task(year: int, validated: list[pipeline.ValidatedFile]) -> Inge
     return pipeline.store_files(get_settings(), year, validated)
 
 
+@task(name="write-data-docs", cache_policy=NONE)
+def write_data_docs_task(year: int, validated: list[pipeline.ValidatedFile]) -> str | None:
+    return pipeline.write_data_docs(get_settings(), year, validated)
+
+
 @task(name="publish-data-quality-report", cache_policy=NONE)
-def publish_dq_report_task(year: int, summary: IngestSummary, validated: list[pipeline.ValidatedFile]) -> str:
-    """The Markdown artifact ``dq-YEAR``, the table of open quarantined rows and the link to the Data Docs."""
+def publish_dq_report_task(
+    year: int, summary: IngestSummary, validated: list[pipeline.ValidatedFile], docs: str | None
+) -> str:
+    """The Markdown artifact ``dq-YEAR``, the table of open quarantined rows and the link to the Data Docs
+    (``docs``: their index page, None when no file was validated)."""
     settings = get_settings()
-    docs_index = pipeline.data_docs_dir(settings, year) / "index.html"
-    docs = str(docs_index.resolve()) if docs_index.exists() else None
     markdown = dq_report.markdown_report(summary, validated, docs)
     dq_report.write_report(settings.output_dir, year, markdown)
     create_markdown_artifact(key=f"dq-{year}", markdown=markdown, description=f"Data quality of round {year}")
@@ -54,7 +62,7 @@ def publish_dq_report_task(year: int, summary: IngestSummary, validated: list[pi
     )
     if docs:
         create_link_artifact(
-            key=f"dq-{year}-data-docs", link=docs_index.resolve().as_uri(), link_text=f"Data Docs {year}",
+            key=f"dq-{year}-data-docs", link=Path(docs).as_uri(), link_text=f"Data Docs {year}",
             description="Great Expectations Data Docs of the ingested files",
         )
     return markdown

@@ -59,7 +59,7 @@ def test_flow_posts_a_readable_data_quality_report(engine, settings, round_2019,
 
 
 def test_task_runs_do_not_grow_with_the_number_of_files(engine, settings, round_2019, tmp_path):
-    """One task per stage: one file or three files, the flow runs the same five tasks."""
+    """One task per stage: one file or three files, the flow runs the same six tasks."""
     paths = []
     for number in range(3):
         path = tmp_path / f"part-{number}.csv"
@@ -68,7 +68,7 @@ def test_task_runs_do_not_grow_with_the_number_of_files(engine, settings, round_
     one = ingest_responses(2019, paths[:1], return_state=True)
     three = ingest_responses(2019, paths, return_state=True)
     expected = sorted(["read-response-files", "match-partnerships", "validate-responses", "store-responses",
-                       "publish-data-quality-report"])
+                       "write-data-docs", "publish-data-quality-report"])
     assert task_run_names(one.state_details.flow_run_id) == expected
     assert task_run_names(three.state_details.flow_run_id) == expected
     summary = three.result()

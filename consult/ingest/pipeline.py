@@ -29,6 +29,7 @@ from consult.ingest.store import (
     write_rows,
 )
 from consult.ingest.validation import ValidationResult, load_suite, previous_limits, validate
+from consult.ingest.validation import write_data_docs as validation_docs
 from consult.questionnaire import Questionnaire
 from consult.rounds import get_round, previous_round, round_questionnaire
 from consult.settings import EXPECTATIONS_DIR, Settings
@@ -98,14 +99,13 @@ def match_files(settings: Settings, year: int, files: list[ResponseFile]) -> lis
 
 
 def validate_files(settings: Settings, year: int, matched: list[MatchedFile]) -> list[ValidatedFile]:
-    """Type the answers and run the expectation suite once per file; Data Docs go to the output folder."""
+    """Type the answers and run the expectation suite once per file (its Data Docs: :func:`write_data_docs`)."""
     with session_scope(_engine(settings)) as session:
         round_ = get_round(session, year)
         questionnaire = round_questionnaire(round_)
         before = previous_round(session, year)
         limits = previous_limits(session, before.id if before else None, questionnaire)
     suite, suite_source = load_suite(questionnaire, EXPECTATIONS_DIR)
-    docs = data_docs_dir(settings, year)
     validated = []
     for item in matched:
         if item.duplicate:
@@ -121,7 +121,6 @@ def validate_files(settings: Settings, year: int, matched: list[MatchedFile]) ->
             limits=limits,
             has_submit_date=item.file.has_submit_date,
             asset_name=item.file.name,
-            data_docs_dir=docs,
         )
         validation.suite_source = suite_source
         warnings = _merge(normalised.warnings, validation.warnings)
@@ -137,6 +136,15 @@ def validate_files(settings: Settings, year: int, matched: list[MatchedFile]) ->
             )
         )
     return validated
+
+
+def write_data_docs(settings: Settings, year: int, validated: list[ValidatedFile]) -> str | None:
+    """The Great Expectations Data Docs of the batch, in the output folder; the path of their index page."""
+    runs = [item.validation.suite_run for item in validated if item.validation.suite_run is not None]
+    folder = data_docs_dir(settings, year)
+    # Nothing validated this time (files already ingested): the round's earlier Data Docs, if any.
+    index = validation_docs(runs, folder) or (folder / "index.html")
+    return str(index.resolve()) if index.exists() else None
 
 
 def _merge(*sources: dict[int, list[Reason]]) -> dict[int, list[Reason]]:

@@ -242,7 +242,7 @@ class ValidationResult:
     warnings: dict[int, list[Reason]] = field(default_factory=dict)
     outcomes: list[ExpectationOutcome] = field(default_factory=list)
     suite_source: str = ""
-    data_docs_index: str | None = None
+    suite_run: SuiteRun | None = None
 
 
 def _quiet_gx() -> None:
@@ -255,27 +255,44 @@ def _gx_suite(gx: Any, suite: dict[str, Any]) -> Any:
     return gx.ExpectationSuite(name=suite["name"], expectations=expectations, meta=suite.get("meta") or {})
 
 
-def run_suite(
-    frame: pd.DataFrame,
-    suite: dict[str, Any],
-    *,
-    asset_name: str,
-    data_docs_dir: Path | None = None,
-) -> list[dict[str, Any]]:
-    """Run the suite once on the whole table; returns one dict per expectation with its failing rows."""
+def _gx_context() -> Any:
+    """An in-memory Great Expectations context, quiet and without a temporary docs folder of its own."""
     _quiet_gx()
     import great_expectations as gx
-    from great_expectations.checkpoint import UpdateDataDocsAction
     from great_expectations.data_context.types.base import (
         DataContextConfig,
         InMemoryStoreBackendDefaults,
         ProgressBarsConfig,
     )
+    from great_expectations.execution_engine import pandas_execution_engine
 
+    # GX fingerprints every in-memory batch under 1 GB (an MD5 of pandas' hash of every cell, 0.7 s for a
+    # million rows) only to label it in the batch markers. The file's sha256, recorded with the ingest, already
+    # says which bytes were validated, so the fingerprint is turned off (GX offers no setting for it).
+    pandas_execution_engine.HASH_THRESHOLD = 0
     # The default ephemeral context creates a temporary docs folder on every call; ours writes only where asked.
     config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False))
     context = gx.get_context(mode="ephemeral", project_config=config)
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    return context
+
+
+@dataclass
+class SuiteRun:
+    """What one run of the suite found: one dict per expectation with its failing rows, and Great Expectations'
+    own result (``gx_result``, with its identifier) for the Data Docs, rendered later by :func:`write_data_docs`."""
+
+    expectations: list[dict[str, Any]]
+    suite: dict[str, Any]
+    gx_result: Any = None
+    gx_result_id: Any = None
+
+
+def run_suite(frame: pd.DataFrame, suite: dict[str, Any], *, asset_name: str) -> SuiteRun:
+    """Run the suite once on the whole table."""
+    import great_expectations as gx
+
+    context = _gx_context()
     source = context.data_sources.add_pandas("responses")
     asset = source.add_dataframe_asset(re.sub(r"[^A-Za-z0-9_.-]+", "_", asset_name) or "responses")
     batch = asset.add_batch_definition_whole_dataframe("whole file")
@@ -285,24 +302,13 @@ def run_suite(
     )
     result_format = {"result_format": "COMPLETE", "unexpected_index_column_names": [ROW],
                      "return_unexpected_index_query": False}
-    actions = []
-    if data_docs_dir is not None:
-        data_docs_dir.mkdir(parents=True, exist_ok=True)
-        context.add_data_docs_site(
-            site_name="dq",
-            site_config={
-                "class_name": "SiteBuilder",
-                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(data_docs_dir)},
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            },
-        )
-        actions.append(UpdateDataDocsAction(name="data_docs", site_names=["dq"]))
     checkpoint = context.checkpoints.add(
-        gx.Checkpoint(name="ingest", validation_definitions=[definition], actions=actions, result_format=result_format)
+        gx.Checkpoint(name="ingest", validation_definitions=[definition], actions=[], result_format=result_format)
     )
     outcome = checkpoint.run(batch_parameters={"dataframe": frame})
-    results: list[dict[str, Any]] = []
-    for run_result in outcome.run_results.values():
+    run = SuiteRun(expectations=[], suite=suite)
+    for result_id, run_result in outcome.run_results.items():
+        run.gx_result, run.gx_result_id = run_result, result_id
         for item in run_result.results:
             config = item.expectation_config
             result = item.result or {}
@@ -311,7 +317,7 @@ def run_suite(
                     f"expectation {config.type} on {config.kwargs} could not run: "
                     f"{item.exception_info.get('exception_message')}"
                 )
-            results.append(
+            run.expectations.append(
                 {
                     "type": config.type,
                     "kwargs": dict(config.kwargs),
@@ -322,7 +328,38 @@ def run_suite(
                     "rows": [int(entry[ROW]) for entry in result.get("unexpected_index_list") or []],
                 }
             )
-    return results
+    return run
+
+
+def write_data_docs(runs: list[SuiteRun], folder: Path) -> Path | None:
+    """Render the Data Docs of these suite runs into ``folder`` (pages of earlier runs there stay listed);
+    returns the index page, or None when no run has a result to show.
+
+    Apart from the validation, so that the flow renders them while the responses are being stored.
+    """
+    import great_expectations as gx
+
+    shown = [run for run in runs if run.gx_result is not None]
+    if not shown:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    context = _gx_context()
+    context.add_data_docs_site(
+        site_name="dq",
+        site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(folder)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
+    suites: set[str] = set()
+    for run in shown:
+        if run.suite["name"] not in suites:
+            context.suites.add(_gx_suite(gx, run.suite))
+            suites.add(run.suite["name"])
+        context.validation_results_store.set(run.gx_result_id, run.gx_result)
+    context.build_data_docs(site_names=["dq"])
+    return (folder / "index.html").resolve()
 
 
 def validate(
@@ -335,7 +372,6 @@ def validate(
     limits: pd.DataFrame,
     has_submit_date: bool,
     asset_name: str,
-    data_docs_dir: Path | None = None,
 ) -> ValidationResult:
     """Run the suite on the complete rows of one file and turn failures into per-row reasons."""
     complete = cells["complete"].astype(bool)
@@ -343,9 +379,8 @@ def validate(
     frame = add_pattern_checks(frame, suite)
     validation = ValidationResult()
     if len(frame):
-        raw_results = run_suite(frame, suite, asset_name=asset_name, data_docs_dir=data_docs_dir)
-    else:
-        raw_results = []
+        validation.suite_run = run_suite(frame, suite, asset_name=asset_name)
+    raw_results = validation.suite_run.expectations if validation.suite_run else []
     indexed = frame.set_index(ROW) if len(frame) else frame
     for result in raw_results:
         meta = result["meta"]
@@ -366,8 +401,6 @@ def validate(
                 examples=examples,
             )
         )
-    if data_docs_dir is not None and (data_docs_dir / "index.html").exists():
-        validation.data_docs_index = str((data_docs_dir / "index.html").resolve())
     return validation
 
 
