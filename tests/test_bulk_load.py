@@ -128,3 +128,39 @@ def test_bulk_path_steps_aside_when_another_session_is_reading_the_panel(
         reader.close()
     assert (summary.files[0].accepted, summary.files[0].quarantined) == (19, 1)
     assert keys_and_indexes(engine) == keys_before
+
+
+def store_paths(settings, paths: list[str]):
+    files = pipeline.read_files(settings, 2019, paths)
+    return pipeline.store_files(settings, 2019, pipeline.validate_files(settings, 2019,
+                                                                         pipeline.match_files(settings, 2019, files)))
+
+
+@pytest.mark.parametrize("db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+def test_a_bulk_load_takes_one_block_of_ids_and_later_rows_number_on_after_it(
+    engine, settings, round_2019, tmp_path, monkeypatch
+):
+    """The bulk path reserves its ids from the sequence in one call: its rows get consecutive ids, a later file
+    stored the usual way gets ids after them (no id taken twice), and every row gets the server's created_at."""
+    monkeypatch.setattr(bulk, "BULK_LOAD_ROWS", 1)
+    first = store_paths(settings, [str(EXAMPLES / "responses-2019.csv")]).files[0]
+    with engine.connect() as connection:
+        bulk_rows = connection.execute(select(Response.id, Response.created_at).order_by(Response.id)).all()
+    bulk_ids = [row.id for row in bulk_rows]
+    assert len(bulk_ids) == first.rows - first.quarantined
+    assert bulk_ids == list(range(bulk_ids[0], bulk_ids[0] + len(bulk_ids)))
+    assert len({row.created_at for row in bulk_rows}) == 1 and bulk_rows[0].created_at is not None
+
+    monkeypatch.setattr(bulk, "BULK_LOAD_ROWS", 50_000)  # the usual path: ids from the column's default
+    later = tmp_path / "later.csv"
+    later.write_text(
+        "partnership_id,submitted_at,markets,sme_involvement,cooperation_agreements,business_missions_planned,"
+        "sme_members,success_story\nESCP4I-01,2019-06-01T10:00:00,US,other,1,yes,5,\n"
+    )
+    assert store_paths(settings, [str(later)]).files[0].accepted == 1
+    with engine.connect() as connection:
+        ids = connection.scalars(select(Response.id).order_by(Response.id)).all()
+        later_created = connection.scalar(select(Response.created_at).where(Response.id == ids[-1]))
+    assert len(ids) == len(set(ids)) == len(bulk_ids) + 1
+    assert ids[-1] > bulk_ids[-1]
+    assert later_created > bulk_rows[0].created_at
