@@ -5,7 +5,7 @@
     .venv/bin/python bench/bench_ingest.py --no-postgres   # SQLite only
 
 For each database it prints: the engine's ingest (the real `ingest_responses` flow: read, match, validate with
-Great Expectations, store, data-quality report), the floor (pandas `read_csv` + raw `sqlite3.executemany` of the
+Great Expectations, store with the Data Docs rendered beside it, data-quality report), the floor (pandas `read_csv` + raw `sqlite3.executemany` of the
 same rows, or `COPY` on PostgreSQL), pandas `to_sql` of the same rows, their ratios, the peak memory of each
 (every measurement runs in its own process), and the number of Prefect task runs.
 
@@ -226,7 +226,7 @@ def bench(label: str, url: str, csv_path: Path, workdir: Path, rows: int, skip_t
     print(f"\n== {label}: {rows:,} rows ==")
     print(f"floor  (read_csv {floor['read_seconds']:.1f} s + bulk insert): {floor['seconds']:7.1f} s   "
           f"peak {floor['peak_mb']:6.0f} MB")
-    print(f"ingest (flow: read, match, validate, store, report): {ingest['seconds']:7.1f} s   "
+    print(f"ingest (flow: read, match, validate, store + docs, report): {ingest['seconds']:7.1f} s   "
           f"peak {ingest['peak_mb']:6.0f} MB   ratio to floor {ingest['seconds'] / floor['seconds']:.2f}x")
     stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in sorted(ingest["stages"].items()))
     print(f"       stages: {stages}")

@@ -332,3 +332,18 @@ def test_file_without_submit_dates_counts_every_row_and_the_last_one_wins(engine
     rows = responses_by_code(engine)["ESCP4I-05"]
     assert [(r.status, r.answers["cooperation_agreements"], r.submitted_at) for r in rows] == [
         ("superseded", 1, None), ("accepted", 3, None)]
+
+
+def test_a_panel_member_left_out_of_the_round_is_told_apart_from_an_unknown_one(engine, settings, round_2019,
+                                                                                  tmp_path):
+    """A partnership that joined the panel after the round opened was not consulted: its answer goes to
+    quarantine saying so, while an id nobody knows is "unknown", and the consulted ones still match."""
+    with session_scope(engine) as session:
+        session.add(Partnership(code="ESCP4I-99", name="Joined later", strand=1, country="BE"))
+    path = write_csv(tmp_path, "late.csv", f"ESCP4I-99,{GOOD}", f"ESCP4I-98,{GOOD}", f"ESCP4I-01,{GOOD}")
+    summary = ingest(settings, 2019, path).files[0]
+    assert (summary.accepted, summary.quarantined) == (1, 2)
+    messages = {row.row_number: row.reasons[0]["message"] for row in quarantined(engine)}
+    assert sorted(messages.values()) == ["partnership ESCP4I-99 is not consulted in round 2019",
+                                         "unknown partnership ESCP4I-98"]
+    assert list(responses_by_code(engine, "accepted")) == ["ESCP4I-01"]

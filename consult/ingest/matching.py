@@ -78,13 +78,22 @@ def load_directory(
     million rows. ``with_tokens=False`` / ``with_emails=False`` skip the token hashes / contact e-mails when no
     file of the batch carries any."""
     connection = session.connection()
-    hash_column = "rp.token_hash" if with_tokens else "''"
-    participants = fetch_all(
-        connection,
-        f"SELECT {hash_column}, rp.partnership_id, p.code FROM round_participants rp "
-        "JOIN partnerships p ON p.id = rp.partnership_id WHERE rp.round_id = ?",
-        (round_.id,),
+    # A round usually enrols the whole panel, which two counts tell at once (participants are distinct members
+    # of the panel): then the panel is the directory, read without joining a million participants to it.
+    panel_size = connection.scalar(select(func.count()).select_from(Partnership))
+    enrolled = connection.scalar(
+        select(func.count()).select_from(RoundParticipant).where(RoundParticipant.round_id == round_.id)
     )
+    if enrolled == panel_size and not with_tokens:
+        participants = fetch_all(connection, "SELECT '', id, code FROM partnerships")
+    else:
+        hash_column = "rp.token_hash" if with_tokens else "''"
+        participants = fetch_all(
+            connection,
+            f"SELECT {hash_column}, rp.partnership_id, p.code FROM round_participants rp "
+            "JOIN partnerships p ON p.id = rp.partnership_id WHERE rp.round_id = ?",
+            (round_.id,),
+        )
     other_tokens = fetch_all(
         connection,
         "SELECT rp.token_hash, r.year FROM round_participants rp JOIN rounds r ON r.id = rp.round_id "
@@ -103,16 +112,14 @@ def load_directory(
     ids = np.fromiter((row[1] for row in participants), dtype=np.int64, count=len(participants))
     codes = KeyIndex([row[2].upper() for row in participants], ids)
     token_hashes = KeyIndex([row[0] for row in participants], ids) if with_tokens else KeyIndex([], ids[:0])
-    # Panel members not consulted in this round (few): to tell "not consulted" from "unknown". A round usually
-    # enrols the whole panel, which a count tells at once (participants are distinct members of the panel).
-    panel_size = connection.scalar(select(func.count()).select_from(Partnership))
+    # Panel members not consulted in this round (few): to tell "not consulted" from "unknown".
     not_enrolled = connection.execute(
         select(Partnership.code).where(
             ~select(RoundParticipant.id)
             .where(RoundParticipant.round_id == round_.id, RoundParticipant.partnership_id == Partnership.id)
             .exists()
         )
-    ).scalars().all() if panel_size != len(participants) else []
+    ).scalars().all() if panel_size != enrolled else []
     return Directory(
         round_id=round_.id,
         year=round_.year,
