@@ -79,8 +79,9 @@ def bulk_insert_columns(
 ) -> int:
     """Like :func:`bulk_insert`, with the rows given a chunk at a time, column-wise: each chunk holds one
     sequence per column (all of one length; a numpy integer array for whole numbers is the fastest), or a single
-    ``str``/``int`` for a column that is the same on every row (``None``: NULL on every row). On PostgreSQL each chunk becomes COPY text in a few C-level joins,
-    instead of a Python call per row (psycopg's ``write_row`` cost 2 s of a million-row store)."""
+    ``str``/``int`` for a column that is the same on every row (``None``: NULL on every row). On PostgreSQL each
+    chunk becomes COPY text in a few C-level joins, instead of a Python call per row (psycopg's ``write_row`` cost
+    2 s of a million-row store)."""
     if connection.dialect.name == "postgresql" and connection.dialect.driver == "psycopg":
         column_list = ", ".join(_quoted(name) for name in columns)
         statement = f"COPY {_quoted(table_name)} ({column_list}) FROM STDIN"
