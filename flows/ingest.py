@@ -30,7 +30,7 @@ def ingest_responses(year: int, paths: list[str]) -> IngestSummary:
     files = read_files_task.submit(year, paths)
     matched = match_files_task.submit(year, files)
     validated = validate_files_task.submit(year, matched)
-    # The Data Docs are rendered (in Python) while the database stores the rows: side by side, on two cores.
+    # The Data Docs are rendered while the rows are stored: on PostgreSQL the store is mostly the server's work.
     docs = write_data_docs_task.submit(year, validated)
     summary = store_files_task.submit(year, validated)
     report = publish_dq_report_task.submit(year, summary, validated, docs)

@@ -46,7 +46,7 @@ def publish_dq_report_task(
     year: int, summary: IngestSummary, validated: list[pipeline.ValidatedFile], docs: str | None
 ) -> str:
     """The Markdown artifact ``dq-YEAR``, the table of open quarantined rows and the link to the Data Docs
-    (``docs``: their index page, None when no file was validated)."""
+    (``docs``: their index page, None when the round has none yet)."""
     settings = get_settings()
     markdown = dq_report.markdown_report(summary, validated, docs)
     dq_report.write_report(settings.output_dir, year, markdown)

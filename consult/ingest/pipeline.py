@@ -28,8 +28,13 @@ from consult.ingest.store import (
     store_file,
     write_rows,
 )
-from consult.ingest.validation import ValidationResult, load_suite, previous_limits, validate
-from consult.ingest.validation import write_data_docs as validation_docs
+from consult.ingest.validation import (
+    ValidationResult,
+    load_suite,
+    previous_limits,
+    render_data_docs,
+    validate,
+)
 from consult.questionnaire import Questionnaire
 from consult.rounds import get_round, previous_round, round_questionnaire
 from consult.settings import EXPECTATIONS_DIR, Settings
@@ -143,7 +148,7 @@ def write_data_docs(settings: Settings, year: int, validated: list[ValidatedFile
     runs = [item.validation.suite_run for item in validated if item.validation.suite_run is not None]
     folder = data_docs_dir(settings, year)
     # Nothing validated this time (files already ingested): the round's earlier Data Docs, if any.
-    index = validation_docs(runs, folder) or (folder / "index.html")
+    index = render_data_docs(runs, folder) or (folder / "index.html")
     return str(index.resolve()) if index.exists() else None
 
 

@@ -280,7 +280,7 @@ def _gx_context() -> Any:
 @dataclass
 class SuiteRun:
     """What one run of the suite found: one dict per expectation with its failing rows, and Great Expectations'
-    own result (``gx_result``, with its identifier) for the Data Docs, rendered later by :func:`write_data_docs`."""
+    own result (``gx_result``, with its identifier) for the Data Docs, rendered later by :func:`render_data_docs`."""
 
     expectations: list[dict[str, Any]]
     suite: dict[str, Any]
@@ -331,7 +331,7 @@ def run_suite(frame: pd.DataFrame, suite: dict[str, Any], *, asset_name: str) ->
     return run
 
 
-def write_data_docs(runs: list[SuiteRun], folder: Path) -> Path | None:
+def render_data_docs(runs: list[SuiteRun], folder: Path) -> Path | None:
     """Render the Data Docs of these suite runs into ``folder`` (pages of earlier runs there stay listed);
     returns the index page, or None when no run has a result to show.
 
