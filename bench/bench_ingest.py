@@ -4,10 +4,14 @@
     .venv/bin/python bench/bench_ingest.py --rows 20000    # what CI can afford
     .venv/bin/python bench/bench_ingest.py --no-postgres   # SQLite only
 
+    .venv/bin/python bench/bench_ingest.py --repeat 5      # more repeats: tighter medians (default 3)
+
 For each database it prints: the engine's ingest (the real `ingest_responses` flow: read, match, validate with
-Great Expectations, store with the Data Docs rendered beside it, data-quality report), the floor (pandas `read_csv` + raw `sqlite3.executemany` of the
-same rows, or `COPY` on PostgreSQL), pandas `to_sql` of the same rows, their ratios, the peak memory of each
-(every measurement runs in its own process), and the number of Prefect task runs.
+Great Expectations, store with the Data Docs rendered beside it, data-quality report), the floor (pandas
+`read_csv` + raw `sqlite3.executemany` of the same rows, or `COPY` on PostgreSQL), pandas `to_sql` of the same
+rows, their ratios, the peak memory of each (every measurement runs in its own process), and the number of
+Prefect task runs. Each repeat measures all three back to back on a fresh database; the figures are medians over
+the repeats, with their range, and each ratio is taken within a repeat.
 
 Goals (issue 4): ingest within 3x of the floor, faster than pandas to_sql, peak memory under 2 GB, task runs
 independent of the row count.
@@ -22,10 +26,12 @@ import multiprocessing
 import os
 import resource
 import shutil
+import statistics
 import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -217,23 +223,65 @@ def in_process(target: Callable[..., dict[str, Any]], *args: Any) -> dict[str, A
     return result
 
 
-def bench(label: str, url: str, csv_path: Path, workdir: Path, rows: int, skip_to_sql: bool) -> None:
-    setup_database(url, rows)
-    floor = in_process(measure_floor, url, str(csv_path))
-    drop_floor_table(url)  # so that no autovacuum of it runs during the next measurement
-    ingest = in_process(measure_engine, url, str(csv_path), str(workdir))
-    to_sql = None if skip_to_sql else in_process(measure_to_sql, url, str(csv_path))
-    print(f"\n== {label}: {rows:,} rows ==")
-    print(f"floor  (read_csv {floor['read_seconds']:.1f} s + bulk insert): {floor['seconds']:7.1f} s   "
-          f"peak {floor['peak_mb']:6.0f} MB")
-    print(f"ingest (flow: read, match, validate, store + docs, report): {ingest['seconds']:7.1f} s   "
-          f"peak {ingest['peak_mb']:6.0f} MB   ratio to floor {ingest['seconds'] / floor['seconds']:.2f}x")
-    stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in sorted(ingest["stages"].items()))
-    print(f"       stages: {stages}")
-    print(f"       Prefect task runs: {ingest['task_runs']}; {ingest['counts']}")
-    if to_sql:
-        print(f"pandas to_sql: {to_sql['seconds']:7.1f} s   peak {to_sql['peak_mb']:6.0f} MB   "
-              f"ingest / to_sql {ingest['seconds'] / to_sql['seconds']:.2f}x")
+@dataclass
+class Repeat:
+    """One repeat: the three measurements taken back to back, on a database set up afresh."""
+
+    floor: dict[str, Any]
+    ingest: dict[str, Any]
+    to_sql: dict[str, Any] | None
+
+
+def bench(label: str, fresh_database: Callable[[], str], csv_path: Path, workdir: Path, rows: int,
+          skip_to_sql: bool, repeat: int) -> None:
+    """``repeat`` times floor, ingest and to_sql in turn, each time on a fresh database. A ratio is taken within
+    a repeat, between measurements a minute apart, so that the machine's slow and fast spells (a 1.5x spread
+    here) mostly cancel; the median is the figure to quote."""
+    repeats = []
+    for number in range(1, repeat + 1):
+        url = fresh_database()
+        setup_database(url, rows)
+        floor = in_process(measure_floor, url, str(csv_path))
+        drop_floor_table(url)  # so that no autovacuum of it runs during the next measurement
+        shutil.rmtree(workdir, ignore_errors=True)
+        ingest = in_process(measure_engine, url, str(csv_path), str(workdir))
+        to_sql = None if skip_to_sql else in_process(measure_to_sql, url, str(csv_path))
+        repeats.append(Repeat(floor, ingest, to_sql))
+        if repeat > 1:
+            print(f"  {label} repeat {number}/{repeat}: floor {floor['seconds']:.1f} s, ingest {ingest['seconds']:.1f} s"
+                  + (f", to_sql {to_sql['seconds']:.1f} s" if to_sql else ""), flush=True)
+    _report(label, rows, repeats)
+
+
+def _spread(values: list[float], unit: str) -> str:
+    """The median, and the range when there is more than one value: "16.2 s (14.2-19.1 s)", "3.13x (2.40-4.02x)"."""
+    digits = 2 if unit == "x" else 1
+    text = f"{statistics.median(values):.{digits}f}{unit}"
+    return text if len(values) == 1 else f"{text} ({min(values):.{digits}f}-{max(values):.{digits}f}{unit})"
+
+
+def _report(label: str, rows: int, repeats: list[Repeat]) -> None:
+    floors = [r.floor["seconds"] for r in repeats]
+    ingests = [r.ingest["seconds"] for r in repeats]
+    median_repeat = sorted(repeats, key=lambda r: r.ingest["seconds"] / r.floor["seconds"])[len(repeats) // 2]
+    print(f"\n== {label}: {rows:,} rows, {len(repeats)} repeat(s); medians, range in brackets ==")
+    print(f"floor  (read_csv {statistics.median(r.floor['read_seconds'] for r in repeats):.1f} s + bulk insert): "
+          f"{_spread(floors, ' s')}   peak {max(r.floor['peak_mb'] for r in repeats):6.0f} MB")
+    print(f"ingest (flow: read, match, validate, store + docs, report): {_spread(ingests, ' s')}   "
+          f"peak {max(r.ingest['peak_mb'] for r in repeats):6.0f} MB")
+    print(f"       ratio to floor: {_spread([i / f for i, f in zip(ingests, floors, strict=True)], 'x')}   "
+          f"(goal: within 3x)")
+    stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in sorted(median_repeat.ingest["stages"].items()))
+    print(f"       stages of the median repeat: {stages}")
+    validate = median_repeat.ingest["stages"].get("validate-responses", 0.0)
+    print(f"       floor + the validate stage alone: {median_repeat.floor['seconds'] + validate:.1f} s "
+          f"(what storing these rows costs at least once they are checked)")
+    print(f"       Prefect task runs: {sorted({r.ingest['task_runs'] for r in repeats})}; {median_repeat.ingest['counts']}")
+    if all(r.to_sql for r in repeats):
+        to_sqls = [r.to_sql["seconds"] for r in repeats]  # type: ignore[index]
+        print(f"pandas to_sql: {_spread(to_sqls, ' s')}   peak {max(r.to_sql['peak_mb'] for r in repeats):6.0f} MB "  # type: ignore[index]
+              f"  ingest / to_sql {_spread([i / t for i, t in zip(ingests, to_sqls, strict=True)], 'x')}   "
+              f"(goal: below 1x)")
 
 
 def main() -> None:
@@ -241,6 +289,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-to-sql", action="store_true", help="skip the pandas to_sql comparison")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="times to measure floor, ingest and to_sql, each on a fresh database (default 3; medians)")
     parser.add_argument("--postgres-admin-url", default=os.environ.get("CONSULT_BENCH_POSTGRES_URL", DEFAULT_PG))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out")
     args = parser.parse_args()
@@ -253,30 +303,47 @@ def main() -> None:
           f"{os.cpu_count()} CPU(s), Python {sys.version.split()[0]}")
 
     sqlite_dir = args.out / "sqlite"
+
     shutil.rmtree(sqlite_dir, ignore_errors=True)
     sqlite_dir.mkdir()
-    bench("SQLite", f"sqlite:///{sqlite_dir / 'bench.db'}", csv_path, sqlite_dir, args.rows, args.no_to_sql)
+    databases = iter(range(1, args.repeat + 1))
+
+    def fresh_sqlite() -> str:
+        # A new file each time, and the last one removed: this process's engine still holds a connection to it.
+        for stale in sqlite_dir.glob("bench-*.db*"):
+            stale.unlink()
+        return f"sqlite:///{sqlite_dir / f'bench-{next(databases)}.db'}"
+
+    bench("SQLite", fresh_sqlite, csv_path, sqlite_dir / "work", args.rows, args.no_to_sql, args.repeat)
 
     if args.no_postgres:
         return
     from sqlalchemy import create_engine, text
 
-    name = f"bench_ingest_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(args.postgres_admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = args.postgres_admin_url.rsplit("/", 1)[0] + f"/{name}"
-    pg_dir = args.out / "postgresql"
-    shutil.rmtree(pg_dir, ignore_errors=True)
-    pg_dir.mkdir()
-    try:
-        bench("PostgreSQL", url, csv_path, pg_dir, args.rows, args.no_to_sql)
-    finally:
-        from db.engine import get_engine
+    from db.engine import get_engine
 
-        get_engine(url).dispose()
+    admin = create_engine(args.postgres_admin_url, isolation_level="AUTOCOMMIT")
+    created: list[str] = []
+
+    def fresh_postgres() -> str:
+        drop_postgres()
+        name = f"bench_ingest_{uuid.uuid4().hex[:8]}"
         with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return args.postgres_admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+    def drop_postgres() -> None:
+        while created:
+            name = created.pop()
+            get_engine(args.postgres_admin_url.rsplit("/", 1)[0] + f"/{name}").dispose()
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    try:
+        bench("PostgreSQL", fresh_postgres, csv_path, args.out / "postgresql", args.rows, args.no_to_sql, args.repeat)
+    finally:
+        drop_postgres()
 
 
 if __name__ == "__main__":

@@ -231,7 +231,8 @@ class Response(Base):
     partnership_id: Mapped[int] = mapped_column(ForeignKey("partnerships.id"))
     matched_by: Mapped[str] = mapped_column(String(16))
     submitted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    status: Mapped[str] = mapped_column(String(16))
+    # Codes, compared bytewise: its index builds a third faster than with the linguistic collation (0004).
+    status: Mapped[str] = mapped_column(String(16).with_variant(String(16, collation="C"), "postgresql"))
     # Plain JSON (text, validated on input), not JSONB: a million-row ingest COPYs these columns, and
     # JSONB's decomposition costs more there than it ever saves, since nothing queries inside them in SQL.
     raw: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -10,20 +10,22 @@ import subprocess
 import sys
 
 import pytest
+from sqlalchemy import create_engine, text
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import POSTGRES_ADMIN_URL, REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
 SMALL_RUNS = {
     "bench_indicators.py": ["--rows", "5000", "--repeat", "1"],
     "bench_send.py": ["--contacts", "2000"],
-    "bench_ingest.py": ["--rows", "5000", "--no-postgres"],
+    "bench_ingest.py": ["--rows", "2000", "--repeat", "2", "--postgres-admin-url", POSTGRES_ADMIN_URL],
 }
 
 
 @pytest.mark.parametrize("script", sorted(SMALL_RUNS))
 def test_the_benchmark_script_runs_and_prints_its_baseline(script, tmp_path):
+    databases_before = _bench_databases()
     env = {key: value for key, value in os.environ.items() if not key.startswith("CONSULT_")}
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "bench" / script), *SMALL_RUNS[script]],
@@ -31,3 +33,16 @@ def test_the_benchmark_script_runs_and_prints_its_baseline(script, tmp_path):
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "baseline" in result.stdout.lower() or "floor" in result.stdout.lower() or "bare" in result.stdout.lower()
+    if script == "bench_ingest.py":  # each repeat on a fresh database, and the bench's databases dropped after
+        assert "2 repeat(s); medians" in result.stdout
+        assert "== PostgreSQL" in result.stdout
+        assert _bench_databases() == databases_before
+
+
+def _bench_databases() -> set[str]:
+    admin = create_engine(POSTGRES_ADMIN_URL)
+    try:
+        with admin.connect() as connection:
+            return set(connection.scalars(text("SELECT datname FROM pg_database WHERE datname LIKE 'bench_ingest_%'")))
+    finally:
+        admin.dispose()
