@@ -13,16 +13,18 @@ gives the same sequence (nobody gets the same summary twice), changed data a new
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import hashlib
 import html
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from jinja2 import TemplateNotFound
 from markupsafe import Markup
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 
 from consult.errors import ConsultError
 from consult.mail.mailer import Mailer
@@ -32,11 +34,17 @@ from consult.mail.render import EMAIL_TEMPLATES_DIR, _environment
 from consult.mail.sending import send_claimed
 from consult.publish import PublishResult, SummaryContext
 from consult.settings import Settings
-from db.models import OutboxMessage, Publication, utcnow
+from consult.webhook import CONTACT_STATUS, UNDELIVERED_EVENTS
+from db.models import DeliveryEvent, OutboxMessage, Publication, utcnow
 
 KIND = "summary"
 outbox = OutboxMessage.__table__
 publications = Publication.__table__
+events = DeliveryEvent.__table__
+# The provider's events after which an address gets no more summaries, and those that lift that again: a
+# delivery lifts a bounce or a drop, only a resubscription lifts an unsubscribe or a spam report.
+SUPPRESSING_EVENTS = tuple(CONTACT_STATUS)
+CLEARING_EVENTS = ("delivered", "group_resubscribe")
 
 # A practical check, not RFC 5322: one "@", no spaces, quotes, brackets or separators, a dotted domain of letters,
 # digits and hyphens. What it refuses is a typo far more often than a real address.
@@ -122,12 +130,21 @@ def plan_summary(engine: Engine, *, year: int, content_sha256: str, stakeholders
     round_id = _round_row(engine, year).id
     now = utcnow()
     run = uuid.uuid4().hex[:12]
+    with engine.connect() as connection:
+        suppressed = suppressed_addresses(connection, [person.email for person in stakeholders])
+    mailed = [person for person in stakeholders if person.email.lower() not in suppressed]
     rows = [
         {"round_id": round_id, "partnership_id": None, "contact_id": None, "kind": KIND, "sequence": sequence,
          "state": "pending", "recipient": person.email, "recipient_name": person.name or None,
-         "batch_key": f"{year}:{KIND}:{sequence}:{run}-{index // batch_size}", "attempts": 0,
+         "batch_key": f"{year}:{KIND}:{sequence}:{run}-{index // batch_size}", "attempts": 0, "error": None,
          "created_at": now, "updated_at": now}
-        for index, person in enumerate(stakeholders)
+        for index, person in enumerate(mailed)
+    ] + [
+        # Planned as skipped, with the reason, rather than left out: the report and `consult outbox` show them.
+        {"round_id": round_id, "partnership_id": None, "contact_id": None, "kind": KIND, "sequence": sequence,
+         "state": "skipped", "recipient": person.email, "recipient_name": person.name or None, "batch_key": None,
+         "attempts": 0, "error": suppressed[person.email.lower()], "created_at": now, "updated_at": now}
+        for person in stakeholders if person.email.lower() in suppressed
     ]
     with engine.begin() as connection:
         # ON CONFLICT DO NOTHING on ux_outbox_stakeholder: an address already planned for this content keeps its
@@ -141,6 +158,46 @@ def plan_summary(engine: Engine, *, year: int, content_sha256: str, stakeholders
             .order_by(func.min(outbox.c.id))
         ).all()
     return PlannedMail(round_id, KIND, sequence, max(created, 0), [key for key in keys if key])
+
+
+def suppressed_addresses(connection: Connection, addresses: Iterable[str]) -> dict[str, str]:
+    """The addresses (lower case) that get no summary, each with the reason: those whose latest news from the
+    provider is a bounce or a drop (unless a later message to them was delivered), an unsubscribe or a spam
+    report (unless they resubscribed). Stakeholders have no contact row to carry that status, so the webhook's
+    events are the record; without this, every new summary would go to an address known to be dead."""
+    wanted = {address.lower() for address in addresses}
+    latest: dict[str, tuple[int, str, str | None]] = {}
+    for email_address, name, timestamp, reason in connection.execute(
+        select(func.lower(events.c.email), events.c.event, events.c.timestamp, events.c.reason)
+        .where(events.c.event.in_(SUPPRESSING_EVENTS), events.c.email.is_not(None))
+        .order_by(events.c.timestamp, events.c.id)
+    ):
+        if email_address in wanted:
+            latest[email_address] = (int(timestamp), name, reason)
+    if not latest:
+        return {}
+    cleared: dict[str, int] = {}
+    candidates = sorted(latest)
+    for start in range(0, len(candidates), 500):  # below SQLite's limit on bound parameters
+        for email_address, name, timestamp in connection.execute(
+            select(func.lower(events.c.email), events.c.event, func.max(events.c.timestamp))
+            .where(events.c.event.in_(CLEARING_EVENTS), func.lower(events.c.email).in_(candidates[start:start + 500]))
+            .group_by(func.lower(events.c.email), events.c.event)
+        ):
+            if timestamp > latest[email_address][0] and (
+                name == "group_resubscribe" or latest[email_address][1] in UNDELIVERED_EVENTS
+            ):
+                cleared[email_address] = int(timestamp)
+    return {
+        email_address: _suppression_reason(name, timestamp, reason)
+        for email_address, (timestamp, name, reason) in latest.items() if email_address not in cleared
+    }
+
+
+def _suppression_reason(event_name: str, timestamp: int, reason: str | None) -> str:
+    when = dt.datetime.fromtimestamp(timestamp, dt.UTC).date().isoformat()
+    text = f"{CONTACT_STATUS[event_name]} on {when}"
+    return f"{text}: {reason}" if reason else text
 
 
 @dataclass(frozen=True, slots=True)

@@ -203,6 +203,46 @@ def test_the_outbox_lists_a_bounced_stakeholder_as_a_failed_summary(engine, sett
     assert line.endswith("bounced: 550 mailbox full")
 
 
+def test_the_next_summary_skips_stakeholders_known_to_bounce_or_unsubscribed_and_says_why(
+        engine, settings, round_2019, tmp_path):
+    """A stakeholder whose copy bounced, and one who unsubscribed, are not sent the next (changed) summary: their
+    rows are `skipped` with what happened and when. One whose bounce was followed by a delivery gets it."""
+    import mailbox
+
+    from flows.publish import publish_and_send_summary
+    from tests.factories import accepted_reference_rows, add_responses, panel_strands
+
+    rows = send_summary_to_stakeholders(engine, tmp_path)
+    dead, unsubscribed, recovered = (rows[address] for address, _ in STAKEHOLDERS)
+    bounce_time = 1560000000  # 2019-06-08 13:20 UTC
+    events = [event(dead.id, dead.recipient.upper(), "bounce", bounce_time, reason="550 5.1.1 no such user"),
+              event(unsubscribed.id, unsubscribed.recipient, "unsubscribe", bounce_time),
+              event(recovered.id, recovered.recipient, "bounce", bounce_time, reason="452 mailbox full"),
+              event(recovered.id, recovered.recipient, "delivered", bounce_time + 3600)]
+    signer = WebhookSigner()
+    body = json.dumps(events).encode()
+    handle_post(engine, signer.public_key, body, signer.headers(body))
+
+    accepted = accepted_reference_rows(2019)
+    late = min(set(panel_strands()) - set(accepted))
+    with session_scope(engine) as session:
+        add_responses(session, 2019, [{**next(iter(accepted.values())), "partnership_id": late,
+                                       "status": "accepted"}], name="late.csv")
+    path = tmp_path / "stakeholders.csv"
+    _, report = publish_and_send_summary(2019, str(path), str(tmp_path / "out"))
+
+    assert (report.planned, report.sent, report.skipped) == (3, 1, 2)
+    with session_scope(engine) as session:
+        second = {row.recipient: (row.state, row.error) for row in session.scalars(
+            select(OutboxMessage).where(OutboxMessage.kind == "summary", OutboxMessage.sequence == report.sequence))}
+    assert second == {dead.recipient: ("skipped", "bounced on 2019-06-08: 550 5.1.1 no such user"),
+                      unsubscribed.recipient: ("skipped", "unsubscribed on 2019-06-08"),
+                      recovered.recipient: ("sent", None)}
+    delivered = [message["To"] for message in mailbox.Maildir(settings.resolved_mailbox_dir, create=False)]
+    assert len(delivered) == 3 + 1
+    assert sum(recovered.recipient in to for to in delivered) == 2
+
+
 def signed_at(signer: WebhookSigner, body: bytes, when: float) -> dict[str, str]:
     """Headers of a post correctly signed with the timestamp ``when`` (Unix seconds)."""
     timestamp = str(int(when))
