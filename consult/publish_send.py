@@ -165,23 +165,20 @@ def suppressed_addresses(connection: Connection, addresses: Iterable[str]) -> di
     provider is a bounce or a drop (unless a later message to them was delivered), an unsubscribe or a spam
     report (unless they resubscribed). Stakeholders have no contact row to carry that status, so the webhook's
     events are the record; without this, every new summary would go to an address known to be dead."""
-    wanted = {address.lower() for address in addresses}
+    wanted = sorted({address.lower() for address in addresses})
     latest: dict[str, tuple[int, str, str | None]] = {}
-    for email_address, name, timestamp, reason in connection.execute(
-        select(func.lower(events.c.email), events.c.event, events.c.timestamp, events.c.reason)
-        .where(events.c.event.in_(SUPPRESSING_EVENTS), events.c.email.is_not(None))
-        .order_by(events.c.timestamp, events.c.id)
-    ):
-        if email_address in wanted:
-            latest[email_address] = (int(timestamp), name, reason)
-    if not latest:
-        return {}
+    for chunk in _chunks(wanted):
+        for email_address, name, timestamp, reason in connection.execute(
+            select(func.lower(events.c.email), events.c.event, events.c.timestamp, events.c.reason)
+            .where(events.c.event.in_(SUPPRESSING_EVENTS), func.lower(events.c.email).in_(chunk))
+            .order_by(events.c.timestamp, events.c.id)
+        ):
+            latest[email_address] = (int(timestamp), name, reason)  # ordered by time: the last one stays
     cleared: dict[str, int] = {}
-    candidates = sorted(latest)
-    for start in range(0, len(candidates), 500):  # below SQLite's limit on bound parameters
+    for chunk in _chunks(sorted(latest)):
         for email_address, name, timestamp in connection.execute(
             select(func.lower(events.c.email), events.c.event, func.max(events.c.timestamp))
-            .where(events.c.event.in_(CLEARING_EVENTS), func.lower(events.c.email).in_(candidates[start:start + 500]))
+            .where(events.c.event.in_(CLEARING_EVENTS), func.lower(events.c.email).in_(chunk))
             .group_by(func.lower(events.c.email), events.c.event)
         ):
             if timestamp > latest[email_address][0] and (
@@ -192,6 +189,11 @@ def suppressed_addresses(connection: Connection, addresses: Iterable[str]) -> di
         email_address: _suppression_reason(name, timestamp, reason)
         for email_address, (timestamp, name, reason) in latest.items() if email_address not in cleared
     }
+
+
+def _chunks(values: list[str], size: int = 500) -> Iterable[list[str]]:
+    """``values`` in slices of ``size``: below SQLite's limit on bound parameters in one ``IN``."""
+    return (values[start:start + size] for start in range(0, len(values), size))
 
 
 def _suppression_reason(event_name: str, timestamp: int, reason: str | None) -> str:
