@@ -24,8 +24,21 @@ import pandas as pd
 
 from consult.questionnaire import ISO3166, Question, Questionnaire
 
-YES = {"yes", "y", "true", "1", "oui", "ja", "si", "sí"}
-NO = {"no", "n", "false", "0", "non", "nein"}
+# Yes and no as respondents and survey tools write them in the questionnaires' languages (en, fr, de, it, es, pt,
+# nl), compared case-insensitively. No installable package keeps these words (CLDR's yes/no strings are not in
+# Babel), so this table is ours: add a language's words here, with and without its accents.
+YES_WORDS = {
+    "en": {"yes", "y", "true"}, "fr": {"oui", "o", "vrai"}, "de": {"ja", "j", "wahr"},
+    "it": {"sì", "si", "s", "vero"}, "es": {"sí", "si", "s", "verdadero"}, "pt": {"sim", "s", "verdadeiro"},
+    "nl": {"ja", "j", "waar"},
+}
+NO_WORDS = {
+    "en": {"no", "n", "false"}, "fr": {"non", "faux"}, "de": {"nein", "falsch"},
+    "it": {"no", "n", "falso"}, "es": {"no", "n", "falso"}, "pt": {"não", "nao", "n", "falso"},
+    "nl": {"nee", "n", "onwaar"},
+}
+YES = {"1"}.union(*YES_WORDS.values())
+NO = {"0"}.union(*NO_WORDS.values())
 INTEGER_PATTERN = r"^[+-]?\d+$"
 NUMBER_PATTERN = r"^[+-]?(?:\d+(?:[.,]\d*)?|[.,]\d+)$"
 
@@ -87,15 +100,17 @@ def _integer(value: str) -> float:
         return float("nan")
 
 
-def _options(value: str, *, upper: bool) -> str | None:
+def _options(value: str, *, upper: bool, lookup: dict[str, str] | None = None) -> str | None:
     codes = [code.strip() for code in value.split(";")]
+    if lookup:
+        codes = [lookup.get(code.casefold(), code) for code in codes]
     joined = ";".join(code.upper() if upper else code for code in codes if code)
     return joined or None
 
 
 def _yes_no(value: str) -> str | None:
     cleaned = value.strip()
-    lowered = cleaned.lower()
+    lowered = cleaned.casefold()
     if lowered in YES:
         return "yes"
     if lowered in NO:
@@ -109,7 +124,7 @@ def normalise(cells: pd.DataFrame, questionnaire: Questionnaire, *, timezone: st
     typed: dict[str, pd.Series] = {}
     warnings: dict[int, list[Reason]] = {}
     empty = pd.Series("", index=cells.index, dtype=object)
-    for question in questionnaire.questions:
+    for question in questionnaire.answer_fields:
         values = cells[question.code] if question.code in cells.columns else empty
         typed.update(_normalise_question(question, values, warnings))
     typed["submitted_at"] = parse_timestamps(cells["submitted_at"], timezone)
@@ -132,11 +147,16 @@ def _normalise_question(
     uniques = [str(value) for value in found]
     if question.kind in ("integer", "number"):
         parse = _integer if question.kind == "integer" else _number
+        if question.labels:  # a scale (a matrix row): "4", "4 - Agree" and "Agree" all mean 4
+            scale = _ScaleValue(question.labels)
+            uniques = [scale(value) for value in uniques]
         return {code: _categorical(codes, uniques, _text, values.index),
                 f"{code}__num": _floats(codes, uniques, parse, values.index)}
     if question.kind == "multi_select":
         upper = question.options == ISO3166
-        cleaned = _categorical(codes, uniques, lambda value: _options(value, upper=upper), values.index)
+        lookup = question.option_lookup
+        cleaned = _categorical(codes, uniques, lambda value: _options(value, upper=upper, lookup=lookup),
+                               values.index)
         if upper:
             as_written = [_options(value, upper=False) for value in uniques]
             changed = [i for i, text in enumerate(as_written) if text is not None and text != text.upper()]
@@ -155,7 +175,29 @@ def _normalise_question(
         return {code: cleaned}
     if question.kind == "yes_no":
         return {code: _categorical(codes, uniques, _yes_no, values.index)}
-    return {code: _categorical(codes, uniques, _text, values.index)}  # single_select
+    lookup = question.option_lookup  # single_select: an option's label (as tools export it) is its code
+    return {code: _categorical(codes, uniques, lambda value: _choice(value, lookup), values.index)}
+
+
+def _choice(value: str, lookup: dict[str, str]) -> str | None:
+    cleaned = value.strip()
+    return lookup.get(cleaned.casefold(), cleaned) or None
+
+
+class _ScaleValue:
+    """A scale answer as tools write it -> its number as text: ``4``, ``4 - Agree`` (LimeSurvey's full
+    answers), or the label alone; anything else is kept as written (and fails validation)."""
+
+    _LEADING = re.compile(r"^\s*([+-]?\d+)\s*(?:[-–:.)]\s*\S.*)?$")
+
+    def __init__(self, labels: dict[int, str]) -> None:
+        self._by_label = {label.strip().casefold(): str(value) for value, label in labels.items()}
+
+    def __call__(self, value: str) -> str:
+        match = self._LEADING.match(value)
+        if match:
+            return match[1]
+        return self._by_label.get(value.strip().casefold(), value)
 
 
 def parse_timestamps(values: pd.Series, timezone: str) -> pd.Series:
@@ -210,7 +252,7 @@ class AnswerWriter:
         self.index = typed.index
         # Per question: (per-row codes, fragments by code with the missing one last) or the free-text column.
         self._columns: list[tuple[np.ndarray, np.ndarray] | tuple[str, np.ndarray, str]] = []
-        questions = list(questionnaire.questions)
+        questions = list(questionnaire.answer_fields)
         for number, question in enumerate(questions):
             # The braces travel with the first and last fragments: the per-row work is a single C-level join.
             key = ("{" if number == 0 else "") + json.dumps(question.code) + ":"

@@ -36,23 +36,14 @@ from typing import Any, Literal
 import pandas as pd
 
 from consult.errors import ConsultError, find_cause
+from consult.ingest import tools
+from consult.ingest.columns import IDENTITY_FIELDS, canonical_cells
 from consult.questionnaire import Questionnaire
 
-Layout = Literal["plain", "limesurvey", "eusurvey"]
-FileFormat = Literal["csv", "xlsx", "jsonl"]
+Layout = str  # the tool that wrote the file (see consult.ingest.tools): limesurvey, qualtrics, kobo, ...
+FileFormat = Literal["csv", "xlsx", "jsonl", "xml"]
 
-IDENTITY_FIELDS = ("token", "partnership_id", "email", "submitted_at")
-
-# Header spellings of the identifying columns, compared after _normalise_header.
-_IDENTITY_ALIASES: dict[str, set[str]] = {
-    "token": {"token", "accesstoken", "accesscode", "invitationtoken"},
-    "partnership_id": {"partnershipid", "partnership", "partnershipcode", "partnercode"},
-    "email": {"email", "emailaddress", "contactemail", "mail"},
-    "submitted_at": {"submittedat", "submitdate", "datesubmitted", "submissiondate", "submitted"},
-}
-_SELECTED = {"y", "yes", "1", "x", "true"}
-_NOT_SELECTED = {"", "n", "no", "0", "false"}
-_OPTION_COLUMN = re.compile(r"^(?P<code>[^\[\]]+)\[(?P<option>[^\[\]]+)\]$")
+__all__ = ["IDENTITY_FIELDS", "ResponseFile", "read_response_file", "read_table"]
 _EUSURVEY_MARKER = "contributionid"
 _MAX_METADATA_ROWS = 30
 
@@ -74,6 +65,8 @@ class ResponseFile:
     question_columns: dict[str, list[str]]
     notes: list[str] = field(default_factory=list)
     has_submit_date: bool = True
+    # What the file was recognised as: tool, heading style, id column, completeness column (see tools.Recognised).
+    recognised: dict[str, str | None] = field(default_factory=dict)
     # The file's bytes, zlib-compressed, read in the same pass as its digest: what is stored is what was
     # hashed and parsed, even if the file changes on disk before the store step.
     content: bytes = b""
@@ -113,6 +106,14 @@ class Table:
 def read_table(path: Path) -> Table:
     """The raw cells of an export (no mapping to questions); a ConsultError naming the file if unreadable."""
     suffix = path.suffix.lower()
+    # By what the file is, not by its name: an XLSX is a zip, EUSurvey's results are XML.
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic.startswith(b"PK\x03\x04") and suffix not in (".jsonl", ".ndjson"):
+        suffix = ".xlsx"
+    elif tools.looks_like_xml(path):
+        table, notes = tools.read_eusurvey_xml(path)
+        return Table(cells=table, file_format="xml", encoding="utf-8", delimiter=None, notes=notes)
     if suffix in (".xlsx", ".xlsm"):
         table, header_row, notes = _read_xlsx(path)
         file_format: FileFormat = "xlsx"
@@ -151,22 +152,24 @@ def read_response_file(path: Path | str, questionnaire: Questionnaire) -> Respon
         digest = pool.submit(file_digest, path)
         table = read_table(path)
         sha256, size, content = digest.result()
-    layout = _detect_layout(table.cells)
-    cells, question_columns, mapping_notes = _canonical_cells(path, table.cells, questionnaire, layout)
+    recognised = tools.recognise(table.cells, table.file_format)
+    raw = tools.prepare(table.cells, recognised)
+    cells, question_columns, mapping_notes = canonical_cells(path, raw, questionnaire, recognised)
     return ResponseFile(
         path=str(path),
         name=path.name,
         sha256=sha256,
         size_bytes=size,
         file_format=table.file_format,
-        layout=layout,
+        layout=recognised.tool,
         encoding=table.encoding,
         delimiter=table.delimiter,
-        raw=table.cells,
+        raw=raw,
         cells=cells,
         question_columns=question_columns,
         notes=table.notes + mapping_notes,
         has_submit_date="submitted_at" in cells.attrs.get("identity_columns", ()),
+        recognised=recognised.report(),
         content=content,
     )
 
@@ -229,7 +232,9 @@ def _read_csv(path: Path, encoding: str, delimiter: str) -> tuple[pd.DataFrame, 
     except (pd.errors.ParserError, ValueError) as error:
         raise ConsultError(f"{path}: not a readable CSV file ({str(error).strip().splitlines()[0]})") from None
     table = table.fillna("")
-    table.columns = [str(column).strip() for column in table.columns]
+    header = _csv_header(path, encoding, delimiter)
+    table.columns = [str(column).strip() for column in (header if len(header) == len(table.columns)
+                                                        else table.columns)]
     _refuse_duplicate_headers(path, table)
     notes = [f"read as CSV, encoding {encoding}, delimiter {delimiter!r}"]
     return table, 1, notes
@@ -341,111 +346,34 @@ def _json_cell(value: Any) -> str:
     return str(value)
 
 
-# --- mapping columns to question codes -----------------------------------------------------------------------
+# --- headings -----------------------------------------------------------------------------------------------
 
 
 def _normalise_header(text: str) -> str:
-    return re.sub(r"[^0-9a-z]+", "", str(text).lstrip("\ufeff").lower())
+    return tools.normalise_header(text)
+
+
+def _csv_header(path: Path, encoding: str, delimiter: str) -> list[str]:
+    """The header row exactly as written (pandas renames a repeated heading ``X`` to ``X.1``)."""
+    import csv
+
+    with path.open(encoding=encoding, newline="") as handle:
+        return next(csv.reader(handle, delimiter=delimiter), [])
 
 
 def _refuse_duplicate_headers(path: Path, table: pd.DataFrame) -> None:
-    seen: set[str] = set()
-    for column in table.columns:
-        if column in seen and column:
-            raise ConsultError(f"{path}: the column {column!r} appears twice in the header")
-        seen.add(column)
-
-
-def _detect_layout(table: pd.DataFrame) -> Layout:
-    normalised = {_normalise_header(column) for column in table.columns}
-    if _EUSURVEY_MARKER in normalised:
-        return "eusurvey"
-    if "token" in normalised or "submitdate" in normalised or any(_OPTION_COLUMN.match(c) for c in table.columns):
-        return "limesurvey"
-    return "plain"
-
-
-def _canonical_cells(
-    path: Path, table: pd.DataFrame, questionnaire: Questionnaire, layout: Layout
-) -> tuple[pd.DataFrame, dict[str, list[str]], list[str]]:
-    by_name: dict[str, str] = {}
-    for question in questionnaire.questions:
-        by_name.setdefault(_normalise_header(question.code), question.code)
-        by_name.setdefault(_normalise_header(question.label), question.code)
-    identity_of = {alias: name for name, aliases in _IDENTITY_ALIASES.items() for alias in aliases}
-
-    identity: dict[str, str] = {}
-    single: dict[str, str] = {}
-    options: dict[str, list[tuple[str, str]]] = {}
-    unused: list[str] = []
-    for column in table.columns:
-        key = _normalise_header(column)
-        option_match = _OPTION_COLUMN.match(column)
-        if key in identity_of and identity_of[key] not in identity:
-            identity[identity_of[key]] = column
-        elif key in by_name and by_name[key] not in single:
-            single[by_name[key]] = column
-        elif option_match and _normalise_header(option_match["code"]) in by_name:
-            code = by_name[_normalise_header(option_match["code"])]
-            options.setdefault(code, []).append((option_match["option"].strip(), column))
-        else:
-            unused.append(column)
-
-    question_columns: dict[str, list[str]] = {code: [column] for code, column in single.items()}
-    for code, pairs in options.items():
-        question_columns.setdefault(code, []).extend(column for _, column in pairs)
-    if not question_columns:
-        raise ConsultError(
-            f"{path}: no recognisable question column (expected some of {', '.join(questionnaire.codes)}); "
-            f"the header has {', '.join(map(str, table.columns[:8])) or 'no column'}"
-        )
-    if not {"token", "partnership_id", "email"} & identity.keys():
-        raise ConsultError(f"{path}: no column identifies the partnership (expected token, partnership_id or email)")
-
-    empty = pd.Series("", index=table.index, dtype=str)
-    canonical: dict[str, pd.Series] = {}
-    for name in IDENTITY_FIELDS:
-        canonical[name] = (
-            pd.Series([value.strip() for value in table[identity[name]].tolist()], index=table.index, dtype=str)
-            if name in identity
-            else empty
-        )
-    for question in questionnaire.questions:
-        code = question.code
-        if code in single and code not in options:
-            canonical[code] = table[single[code]]
-        elif code in options:
-            canonical[code] = _join_option_columns(table, options[code], single.get(code))
-    notes: list[str] = [f"layout {layout}"]
-    if unused:
-        shown = ", ".join(unused[:10]) + (f" and {len(unused) - 10} more" if len(unused) > 10 else "")
-        notes.append(f"ignored {len(unused)} column(s) that match no question: {shown}")
-    missing = [code for code in questionnaire.codes if code not in question_columns]
-    if missing:
-        notes.append(f"no column for question(s) {', '.join(missing)}: answers taken as empty")
-    if "submitted_at" not in identity:
-        notes.append("no submit-date column: every row is taken as a complete submission")
-    cells = pd.DataFrame(canonical, index=table.index)
-    cells["complete"] = (cells["submitted_at"] != "") if "submitted_at" in identity else True
-    cells.attrs["identity_columns"] = tuple(identity)
-    return cells, question_columns, notes
-
-
-def _join_option_columns(table: pd.DataFrame, pairs: list[tuple[str, str]], free_column: str | None) -> pd.Series:
-    """LimeSurvey's one column per option (``Y`` or empty) -> ``OPT1;OPT2``; other cell values are kept as
-    ``OPT=value`` so that validation shows them instead of silently dropping them."""
-    parts: list[pd.Series] = []
-    for option, column in pairs:
-        cell = table[column].str.strip()
-        lowered = cell.str.lower()
-        part = pd.Series("", index=table.index, dtype=object)
-        part[lowered.isin(_SELECTED)] = option
-        odd = ~lowered.isin(_SELECTED | _NOT_SELECTED)
-        part[odd] = option + "=" + cell[odd]
-        parts.append(part)
-    if free_column is not None:
-        parts.append(table[free_column].astype(object))
-    joined = pd.Series("", index=table.index, dtype=object)
-    for part in parts:
-        joined = joined.where(part == "", joined.where(joined == "", joined + ";") + part)
-    return joined.astype(str)
+    """A heading written twice is kept apart (``X``, ``X (2)``) and recorded: the mapping refuses the file only
+    when a question reads it (see consult.ingest.columns)."""
+    seen: dict[str, int] = {}
+    renamed: list[str] = []
+    repeated: dict[str, list[str]] = {}
+    for column in map(str, table.columns):
+        count = seen.get(column, 0) + 1
+        seen[column] = count
+        name = column if count == 1 or not column else f"{column} ({count})"
+        renamed.append(name)
+        if count > 1 and column:
+            repeated.setdefault(column, [column]).append(name)
+    if repeated:
+        table.columns = renamed
+        table.attrs["repeated_headings"] = repeated

@@ -98,7 +98,7 @@ def build_suite(questionnaire: Questionnaire) -> dict[str, Any]:
             column_list=["partnership", "submitted_at"], ignore_row_if="any_value_is_missing",
         ),
     ]
-    for question in questionnaire.questions:
+    for question in questionnaire.answer_fields:
         code = question.code
         meta = {"field": code}
         if question.required:
@@ -165,7 +165,7 @@ def write_suite(questionnaire: Questionnaire, directory: Path = EXPECTATIONS_DIR
 
 def previous_limits(session: Session, previous_round_id: int | None, questionnaire: Questionnaire) -> pd.DataFrame:
     """Per partnership, ``{code}__prev_limit`` = ten times last round's accepted answer (at least ten)."""
-    numeric = [q for q in questionnaire.questions if q.kind in ("integer", "number")]
+    numeric = [q for q in questionnaire.answer_fields if q.kind in ("integer", "number")]
     columns = [f"{q.code}__prev_limit" for q in numeric]
     if previous_round_id is None or not numeric:
         return pd.DataFrame(columns=columns, dtype="float64")
@@ -195,7 +195,7 @@ def validation_frame(
         # A file without a submit-date column: every row counts as submitted when it is ingested.
         frame["submitted_at"] = pd.Timestamp.now(tz="UTC")
     frame["partnership"] = match.loc[complete, "partnership"].astype("float64")
-    for question in questionnaire.questions:
+    for question in questionnaire.answer_fields:
         column = f"{question.code}__prev_limit"
         if question.kind in ("integer", "number"):
             lookup = limits[column] if column in limits.columns else pd.Series(dtype="float64")
@@ -428,7 +428,7 @@ def _reasons(
         base["max"] = kwargs.get("max_value")
     extras: list[dict[str, Any]] = [{} for _ in rows]
     if rule == "options":
-        question = questionnaire.question(field_name)
+        question = questionnaire.field(field_name)
         for extra, typed_value, value in zip(extras, frame.loc[rows, field_name].tolist(), values, strict=True):
             unknown = [code for code in str(typed_value).split(";") if code not in question.option_codes]
             extra["unknown"] = ", ".join(repr(code) for code in unknown) or repr(value)
