@@ -228,7 +228,10 @@ class Response(Base):
     round_id: Mapped[int] = mapped_column(Integer)
     file_id: Mapped[int] = mapped_column(Integer)
     row_number: Mapped[int] = mapped_column(Integer)
-    partnership_id: Mapped[int] = mapped_column(ForeignKey("partnerships.id"))
+    # NULL in an anonymous round (match_by: response_id), whose responses belong to no partnership (0008).
+    partnership_id: Mapped[int | None] = mapped_column(ForeignKey("partnerships.id"))
+    # The survey tool's response id, by which an anonymous round tells responses apart (NULL otherwise).
+    response_key: Mapped[str | None] = mapped_column(String(200))
     matched_by: Mapped[str] = mapped_column(String(16))
     submitted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     # Codes, compared bytewise: its index builds a third faster than with the linguistic collation (0004).

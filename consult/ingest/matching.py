@@ -1,4 +1,5 @@
-"""Match each response row to a partnership of the round: token first, else partnership id or contact e-mail.
+"""Match each response row to a partnership of the round: token first, else partnership id or contact e-mail;
+in an anonymous round (``match_by: [response_id]``) to no partnership, by the survey tool's response id.
 
 A token is compared through its hash (the database never holds tokens). A row that carries a token must match by
 it: a wrong token never falls back to a partnership id typed next to it, since anybody can type an id. The
@@ -144,6 +145,8 @@ def match_partnerships(cells: pd.DataFrame, directory: Directory, match_by: list
     Works on positions (numpy), not labels: label alignment would cost more than the lookups themselves.
     """
     count = len(cells)
+    if "response_id" in match_by:
+        return _match_anonymous(cells)
     partnership = np.full(count, MISSING, dtype=np.int64)
     matched_by = np.full(count, "", dtype=object)
     error = np.full(count, "", dtype=object)
@@ -212,6 +215,21 @@ def match_partnerships(cells: pd.DataFrame, directory: Directory, match_by: list
             "partnership": pd.arrays.IntegerArray(np.where(matched, partnership, 0), ~matched),
             "matched_by": matched_by,
             "match_error": error,
+        },
+        index=cells.index,
+    )
+
+
+def _match_anonymous(cells: pd.DataFrame) -> pd.DataFrame:
+    """An anonymous round: no partnership; each response is known by the tool's response id (which it needs)."""
+    count = len(cells)
+    ids = cells["response_id"].to_numpy(dtype=object) if "response_id" in cells.columns else np.full(count, "")
+    has_id = ids != ""
+    return pd.DataFrame(
+        {
+            "partnership": pd.arrays.IntegerArray(np.zeros(count, dtype=np.int64), np.ones(count, dtype=bool)),
+            "matched_by": np.where(has_id, "response_id", ""),
+            "match_error": np.where(has_id, "", "no response id to tell this anonymous response from the others"),
         },
         index=cells.index,
     )

@@ -18,7 +18,9 @@ from sqlalchemy.orm import Session
 from consult.errors import ConsultError
 from consult.ingest.matching import load_directory, match_partnerships
 from consult.ingest.normalise import AnswerWriter, Reason, normalise
-from consult.ingest.readers import ResponseFile, _canonical_cells, read_response_file
+from consult.ingest import tools
+from consult.ingest.columns import canonical_cells
+from consult.ingest.readers import ResponseFile, read_response_file
 from consult.ingest.store import (
     FileSummary,
     IngestSummary,
@@ -58,6 +60,7 @@ class ValidatedFile:
     answers: AnswerWriter | None = None
     warnings: dict[int, list[Reason]] = field(default_factory=dict)
     validation: ValidationResult = field(default_factory=ValidationResult)
+    anonymous: bool = False
 
 
 def _engine(settings: Settings) -> Engine:
@@ -110,6 +113,7 @@ def validate_files(settings: Settings, year: int, matched: list[MatchedFile]) ->
         questionnaire = round_questionnaire(round_)
         before = previous_round(session, year)
         limits = previous_limits(session, before.id if before else None, questionnaire)
+        window = RoundWindow(opened=round_.opened_at, closes_on=round_.closes_on, year=year)
     suite, suite_source = load_suite(questionnaire, EXPECTATIONS_DIR)
     validated = []
     for item in matched:
@@ -128,7 +132,11 @@ def validate_files(settings: Settings, year: int, matched: list[MatchedFile]) ->
             asset_name=item.file.name,
         )
         validation.suite_source = suite_source
-        warnings = _merge(normalised.warnings, validation.warnings)
+        dated_errors, dated_warnings = check_submit_dates(
+            normalised.typed["submitted_at"], item.file.cells, window
+        )
+        validation.errors = _merge(validation.errors, dated_errors)
+        warnings = _merge(normalised.warnings, validation.warnings, dated_warnings)
         validated.append(
             ValidatedFile(
                 file=item.file,
@@ -138,9 +146,57 @@ def validate_files(settings: Settings, year: int, matched: list[MatchedFile]) ->
                 answers=AnswerWriter(normalised.typed, questionnaire),
                 warnings=warnings,
                 validation=validation,
+                anonymous=questionnaire.anonymous,
             )
         )
     return validated
+
+
+@dataclass(frozen=True)
+class RoundWindow:
+    opened: dt.datetime
+    closes_on: dt.date
+    year: int
+
+
+# An export's submit date before this year is a placeholder (anonymised dates are often 1980-01-01), not a date.
+EARLIEST_SUBMIT_YEAR = 2000
+
+
+def check_submit_dates(
+    submitted_at: pd.Series, cells: pd.DataFrame, window: RoundWindow
+) -> tuple[dict[int, list[Reason]], dict[int, list[Reason]]]:
+    """(errors, warnings) about submit dates: a year before 2000 is an error; a date outside the round's
+    open..close window (close day included) a warning."""
+    errors: dict[int, list[Reason]] = {}
+    warnings: dict[int, list[Reason]] = {}
+    dates = submitted_at.dropna()
+    if dates.empty:
+        return errors, warnings
+    opened = pd.Timestamp(window.opened)
+    opened = opened.tz_localize("UTC") if opened.tzinfo is None else opened.tz_convert("UTC")
+    # The close day counts whole, in any time zone a respondent may be in.
+    closes = pd.Timestamp(window.closes_on, tz="UTC") + pd.Timedelta(days=1, hours=14)
+    # A round opened after its close date is a past round entered afterwards: its opening says nothing about
+    # when answers came in, so only the close date bounds them.
+    opens = opened.normalize() - pd.Timedelta(hours=14) if opened < closes else pd.Timestamp.min.tz_localize("UTC")
+    too_old = dates.dt.year < EARLIEST_SUBMIT_YEAR
+    outside = ~too_old & ((dates < opens) | (dates > closes))
+    for row_number, value in dates[too_old].items():
+        written = str(cells.at[row_number, "submitted_at"]) if "submitted_at" in cells.columns else str(value)
+        errors.setdefault(int(row_number), []).append(
+            {"expectation": "submit_date_plausible", "rule": "submit_date_year", "column": "submitted_at",
+             "severity": "error", "value": written,
+             "message": f"submitted_at: {written!r} is before {EARLIEST_SUBMIT_YEAR}: a placeholder, not a date"})
+    for row_number, value in dates[outside].items():
+        written = str(cells.at[row_number, "submitted_at"]) if "submitted_at" in cells.columns else str(value)
+        warnings.setdefault(int(row_number), []).append(
+            {"expectation": "submit_date_in_round", "rule": "submit_date_window", "column": "submitted_at",
+             "severity": "warning", "value": written,
+             "message": f"submitted_at: {written} is outside round {window.year} ("
+                        + (f"{opened.date().isoformat()} to " if opened < closes else "closing ")
+                        + f"{window.closes_on.isoformat()})"})
+    return errors, warnings
 
 
 def write_data_docs(settings: Settings, year: int, validated: list[ValidatedFile]) -> str | None:
@@ -163,6 +219,7 @@ def _merge(*sources: dict[int, list[Reason]]) -> dict[int, list[Reason]]:
 def _file_report(item: ValidatedFile) -> dict[str, Any]:
     return {
         "format": item.file.file_format,
+        "recognised": item.file.recognised,
         "notes": item.file.notes,
         "question_columns": item.file.question_columns,
         "suite": item.validation.suite_source,
@@ -196,6 +253,7 @@ def store_files(settings: Settings, year: int, validated: list[ValidatedFile]) -
             answers=item.answers,
             errors=item.validation.errors,
             warnings=item.warnings,
+            response_key=item.file.cells["response_id"] if item.anonymous else None,
         )
         file_summary = store_file(
             engine, year=year, sha256=item.file.sha256, name=item.file.name, size_bytes=item.file.size_bytes,
@@ -240,7 +298,8 @@ def accept_quarantined(
                            index=pd.Index([row.row_number], name="row_number"), dtype=str)
         row_file_id, row_number = row.file_id, row.row_number
     fixes = dict(fixes or {})
-    cells, _, _ = _canonical_cells(Path(file_name), raw, questionnaire, "plain")
+    cells, _, _ = canonical_cells(Path(file_name), raw, questionnaire,
+                                  tools.recognise(raw, Path(file_name).suffix.lstrip(".").lower()))
     unknown = [key for key in fixes if key not in cells.columns and key not in questionnaire.codes]
     if unknown:
         raise ConsultError(f"--set {unknown[0]}: not a question code of {questionnaire.code} v{questionnaire.version}")
@@ -277,6 +336,7 @@ def accept_quarantined(
         matched_by=match["matched_by"], match_error=match["match_error"],
         submitted_at=normalised.typed["submitted_at"], answers=AnswerWriter(normalised.typed, questionnaire),
         errors={}, warnings=_merge(normalised.warnings, validation.warnings, {row_number: review} if review else {}),
+        response_key=cells["response_id"] if questionnaire.anonymous else None,
     )
     # The response and the review decision are written together or not at all.
     with engine.begin() as connection:

@@ -59,7 +59,7 @@ from db.models import IngestedFile, Partnership, QuarantinedRow, Response, Round
 # timestamp cost PostgreSQL 0.4 s.
 RESPONSE_COLUMNS = (
     "round_id", "file_id", "row_number", "partnership_id", "matched_by", "submitted_at", "status", "answers",
-    "warnings",
+    "warnings", "response_key",
 )
 QUARANTINE_COLUMNS = ("round_id", "file_id", "row_number", "partnership_id", "raw", "reasons", "status", "created_at")
 CHUNK_ROWS = 50_000
@@ -110,6 +110,8 @@ class RowsToStore:
     answers: AnswerWriter
     errors: dict[int, list[Reason]]
     warnings: dict[int, list[Reason]]
+    # An anonymous round: each row's response id (the tool's), which takes the place of the partnership.
+    response_key: pd.Series | None = None
 
 
 def _utc(value: Any) -> pd.Timestamp:
@@ -129,34 +131,37 @@ def decide_statuses(
     """
     status = pd.Series("partial", index=rows.raw.index, dtype=object)
     complete = stored & rows.complete
+    anonymous = rows.response_key is not None
+    # Who a row is from: its partnership, or in an anonymous round the tool's response id.
+    keys = rows.response_key[complete].astype(str) if anonymous else rows.partnership[complete].astype("int64")
     candidates = pd.DataFrame(
-        {"partnership": rows.partnership[complete].astype("int64"), "ts": rows.submitted_at[complete],
-         "row": rows.raw.index[complete]},
+        {"key": keys, "ts": rows.submitted_at[complete], "row": rows.raw.index[complete]},
         index=rows.raw.index[complete],
-    ).sort_values(["partnership", "ts", "row"], na_position="first")
-    latest = ~candidates["partnership"].duplicated(keep="last")
+    ).sort_values(["key", "ts", "row"], na_position="first")
+    latest = ~candidates["key"].duplicated(keep="last")
     status[candidates.index[~latest]] = "superseded"
     winners = candidates[latest]
     status[winners.index] = "accepted"
     earlier: list[int] = []
     if len(winners):
+        key_column = Response.response_key if anonymous else Response.partnership_id
         existing = connection.execute(
-            select(Response.id, Response.partnership_id, Response.submitted_at).where(
-                Response.round_id == round_id, Response.status == "accepted"
+            select(Response.id, key_column, Response.submitted_at).where(
+                Response.round_id == round_id, Response.status == "accepted", key_column.is_not(None)
             )
         ).all()
-        by_partnership = {partnership_id: (response_id, _utc(ts)) for response_id, partnership_id, ts in existing}
-        if by_partnership:
-            winner_ts = dict(zip(winners["partnership"].tolist(), winners["ts"].tolist(), strict=True))
-            winner_row = dict(zip(winners["partnership"].tolist(), winners.index.tolist(), strict=True))
-            for partnership_id, (response_id, old_ts) in by_partnership.items():
-                if partnership_id not in winner_ts:
+        by_key = {key: (response_id, _utc(ts)) for response_id, key, ts in existing}
+        if by_key:
+            winner_ts = dict(zip(winners["key"].tolist(), winners["ts"].tolist(), strict=True))
+            winner_row = dict(zip(winners["key"].tolist(), winners.index.tolist(), strict=True))
+            for key, (response_id, old_ts) in by_key.items():
+                if key not in winner_ts:
                     continue
-                new_ts = winner_ts[partnership_id]
+                new_ts = winner_ts[key]
                 if pd.isna(new_ts) or pd.isna(old_ts) or new_ts >= old_ts:
                     earlier.append(response_id)
                 else:
-                    status[winner_row[partnership_id]] = "superseded"
+                    status[winner_row[key]] = "superseded"
     return status, earlier
 
 
@@ -198,7 +203,9 @@ def write_rows(
     # Positional arrays, computed once: label lookups per chunk would cost more than the insert itself.
     positions = np.flatnonzero(stored.to_numpy())
     row_numbers = rows.raw.index.to_numpy()
+    anonymous = rows.response_key is not None
     partnership = rows.partnership.to_numpy(dtype="float64", na_value=np.nan)
+    response_keys = rows.response_key.to_numpy(dtype=object) if anonymous else None
     columns = [rows.matched_by.to_numpy(dtype=object), status.to_numpy(dtype=object)]
     first_id = bulk.reserve_ids(len(positions)) if bulk else None
 
@@ -212,8 +219,9 @@ def write_rows(
             submitted = timestamp_texts(connection, rows.submitted_at.iloc[chosen]).tolist()
             warnings_json = [json.dumps(rows.warnings[r], ensure_ascii=False) if r in warning_rows else "[]"
                              for r in numbers.tolist()] if warning_rows else "[]"
-            chunk = [round_id, file_id, numbers, partnership[chosen].astype("int64"), matched_by, submitted,
-                     statuses, rows.answers.rows(chosen), warnings_json]
+            chunk = [round_id, file_id, numbers, None if anonymous else partnership[chosen].astype("int64"),
+                     matched_by, submitted, statuses, rows.answers.rows(chosen), warnings_json,
+                     None if response_keys is None else response_keys[chosen].tolist()]
             yield chunk if first_id is None else [np.arange(first_id + start, first_id + start + len(chosen)), *chunk]
 
     bulk_insert_columns(connection, "responses", RESPONSE_COLUMNS if first_id is None else ("id", *RESPONSE_COLUMNS),
