@@ -161,6 +161,7 @@ def _targets(
     fields_by_name: dict[str, str] = {}
     for field in questionnaire.answer_fields:
         fields_by_name.setdefault(normalise_header(field.code), field.code)
+    codes = set(fields_by_name)
     for field in questionnaire.answer_fields:
         fields_by_name.setdefault(normalise_header(field.label), field.code)
     labels = {normalise_header(q.label): q for q in questionnaire.questions}
@@ -183,7 +184,19 @@ def _targets(
                                "once headings are compared; rename or remove one of them")
         first_column[target] = column
         targets[column] = target
+    # Full-text headings: the questions are found by their texts, not their codes.
+    by_code = sum(1 for column, target in targets.items() if target.kind != "identity"
+                  and (normalise_header(column) in codes or normalise_header(_base(column)) in questions
+                       or normalise_header(_base(column)) in codes))
+    by_text = sum(1 for target in targets.values() if target.kind != "identity") - by_code
+    if by_text > by_code:
+        recognised.heading_style = "full text"
     return targets
+
+
+def _base(column: str) -> str:
+    bracketed = _BRACKETED.match(column)
+    return bracketed["base"] if bracketed else re.split(r"[/-]", column)[-1]
 
 
 def _target(

@@ -83,7 +83,7 @@ class Recognised:
                 "submit_date_column": self.submit_column}
 
     def describe(self) -> str:
-        parts = [f"recognised a {TOOL_NAMES.get(self.tool, self.tool)} export ({self.heading_style} headings)"]
+        parts = [f"recognised export: {TOOL_NAMES.get(self.tool, self.tool)}, {self.heading_style} headings"]
         parts.append(f"response id column {self.id_column!r}" if self.id_column else "no response id column")
         completeness = self.completeness_column or self.submit_column
         parts.append(f"completeness from {completeness!r}" if completeness else "every row taken as complete")
