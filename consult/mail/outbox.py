@@ -166,8 +166,27 @@ def due_reminder(status: str, closes_on: dt.date, schedule: Sequence[int], today
     return min(reached) if reached else None
 
 
+ANONYMOUS_NO_REMINDERS = ("anonymous round (match_by: response_id): responses carry no partnership, so nobody "
+                          "can be told apart as not having answered; no per-partnership reminders are sent")
+
+
+def round_is_anonymous(engine: Engine, year: int) -> bool:
+    """Whether the round's questionnaire matches responses by the survey tool's response id only."""
+    from db.models import QuestionnaireVersion, Round
+
+    with engine.connect() as connection:
+        definition = connection.scalar(
+            select(QuestionnaireVersion.definition)
+            .join(Round, Round.questionnaire_version_id == QuestionnaireVersion.id)
+            .where(Round.year == year)
+        )
+    return "response_id" in ((definition or {}).get("match_by") or [])
+
+
 def reminder_sequence(engine: Engine, year: int, *, force: bool, today: dt.date) -> int | None:
     row = _round_row(engine, year)
+    if round_is_anonymous(engine, year):
+        return None
     return due_reminder(row.status, row.closes_on, list(row.reminder_days or []), today, force=force)
 
 
@@ -444,6 +463,8 @@ def reconcile(engine: Engine, *, year: int, stale_after: dt.timedelta = SENDING_
 
 def report(engine: Engine, *, year: int, kind: str, sequence: int | None, note: str = "") -> MailReport:
     if sequence is None:
+        if not note and kind == "reminder" and round_is_anonymous(engine, year):
+            note = ANONYMOUS_NO_REMINDERS
         return MailReport(year=year, kind=kind, sequence=None, note=note or f"no {kind} due")
     round_id = _round_row(engine, year).id
     with engine.connect() as connection:
