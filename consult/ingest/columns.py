@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from consult.errors import ConsultError
+from consult.ingest.normalise import NO, YES
 from consult.ingest.tools import Recognised, normalise_header
 from consult.questionnaire import OTHER, Question, Questionnaire
 
@@ -33,8 +34,9 @@ IDENTITY_ALIASES: dict[str, set[str]] = {
     "email": {"email", "emailaddress", "contactemail", "mail"},
     "submitted_at": {"submittedat", "submitdate", "datesubmitted", "submissiondate", "submitted"},
 }
-SELECTED = {"y", "yes", "1", "x", "true"}
-NOT_SELECTED = {"", "n", "no", "0", "false"}
+# A per-option column (LimeSurvey's Q[OPT], KoBo's q/opt): "Y", "1", "X" or a yes word in the export's language.
+SELECTED = {"y", "x"} | YES
+NOT_SELECTED = {""} | NO
 _BRACKETED = re.compile(r"^(?P<base>[^\[\]]+?)\s*\[(?P<inner>[^\[\]]+)\]$")
 
 
@@ -292,7 +294,7 @@ def _join_option_columns(table: pd.DataFrame, pairs: list[tuple[str, str]]) -> p
     parts: list[pd.Series] = []
     for option, column in pairs:
         cell = table[column].astype(str).str.strip()
-        lowered = cell.str.lower()
+        lowered = cell.str.casefold()
         part = pd.Series("", index=table.index, dtype=object)
         part[lowered.isin(SELECTED)] = option
         odd = ~lowered.isin(SELECTED | NOT_SELECTED | {"n/a"})
