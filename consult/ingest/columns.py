@@ -33,6 +33,7 @@ IDENTITY_ALIASES: dict[str, set[str]] = {
     "partnership_id": {"partnershipid", "partnership", "partnershipcode", "partnercode"},
     "email": {"email", "emailaddress", "contactemail", "mail"},
     "submitted_at": {"submittedat", "submitdate", "datesubmitted", "submissiondate", "submitted"},
+    "response_id": {"responseid", "respondentid"},
 }
 # A per-option column (LimeSurvey's Q[OPT], KoBo's q/opt): "Y", "1", "X" or a yes word in the export's language.
 SELECTED = {"y", "x"} | YES
@@ -177,8 +178,6 @@ def _targets(
         target = _target(column, recognised, tool_identity, identity_of, fields_by_name, questions, labels)
         if target is None:
             continue
-        if target.kind == "identity" and target in first_column and column not in tool_identity:
-            continue  # e.g. a second e-mail column: the tool's or the first one identifies
         if target in first_column:
             what = (f"option {target.option!r} of {target.name}" if target.kind == "option"
                     else f"the {target.name} column" if target.kind == "identity" else f"question {target.name}")
