@@ -46,7 +46,8 @@ def remind(
     _engine()
     report = send_reminders(year, force=force)
     if report.sequence is None:
-        typer.echo(f"reminders for {year}: {report.note or 'none due today'} (use --force to send one now)")
+        hint = "" if "anonymous round" in report.note else " (use --force to send one now)"
+        typer.echo(f"reminders for {year}: {report.note or 'none due today'}{hint}")
     else:
         typer.echo(f"reminders for {year}: {report}")
     _exit_on_problems(report)

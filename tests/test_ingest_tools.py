@@ -122,13 +122,22 @@ def test_limesurvey_not_shown_marker_is_missing_not_an_answer(engine, settings, 
 
 
 def test_limesurvey_report_names_tool_heading_style_id_and_completeness(engine, settings, panel):
-    """The data-quality report says what the file was recognised as."""
+    """The data-quality report says what the file was recognised as, and how many answers were 'not shown'."""
+    from consult.ingest.dq_report import markdown_report
+
     year = open_tool_round(engine, settings, REAL / "limesurvey" / "questionnaire.yaml", 2013, dt.date(2013, 12, 31))
-    ingest(settings, year, LIMESURVEY)
+    files = pipeline.read_files(settings, year, [str(LIMESURVEY)])
+    validated = pipeline.validate_files(settings, year, pipeline.match_files(settings, year, files))
+    summary = pipeline.store_files(settings, year, validated)
     with session_scope(engine) as session:
         report = session.scalar(select(IngestedFile.report))
     assert report["recognised"] == {"tool": "limesurvey", "heading_style": "code", "id_column": "id",
                                     "completeness_column": "Completed", "submit_date_column": "Completed"}
+    markdown = markdown_report(summary, validated, None)
+    assert "Recognised: limesurvey export, code headings; response id column `id`, completeness from `Completed`" \
+        in markdown
+    not_shown = sum(value == "N/A" for row in csv_rows(LIMESURVEY) for value in row.values())
+    assert f"{not_shown} answer(s) marked not shown / not applicable" in markdown
 
 
 # --- Qualtrics, ODK Central, KoBoToolbox ----------------------------------------------------------------------------
@@ -326,3 +335,20 @@ def test_refused_xml_that_is_not_eusurvey_results(tmp_path):
     path.write_text('<?xml version="1.0"?><rss><channel/></rss>')
     message = one_line_refusal(path, CONSTRUCTED / "eusurvey" / "questionnaire.yaml")
     assert "not EUSurvey results" in message
+
+
+def test_placeholder_submit_date_is_quarantined_and_late_one_flagged(engine, settings, panel, tmp_path):
+    """An anonymised 1980-01-01 submit date is an error (quarantine); one after the round closed a warning."""
+    year = open_tool_round(engine, settings, REAL / "odk_central" / "questionnaire.yaml", 2019, dt.date(2019, 12, 31))
+    lines = ODK.read_text(encoding="utf-8").splitlines()
+    path = tmp_path / "dates.csv"
+    path.write_text("\n".join([lines[0], lines[1].replace("2019-09-18T08:51:07.481Z", "1980-01-01T00:00:00.000Z"),
+                               lines[2].replace("2019-09-18T06:20:25.780Z", "2020-02-01T10:00:00.000Z")]) + "\n",
+                    encoding="utf-8")
+    [summary] = ingest(settings, year, path).files
+    assert (summary.accepted, summary.quarantined, summary.warnings) == (1, 1, 1)
+    with session_scope(engine) as session:
+        [row] = session.scalars(select(QuarantinedRow)).all()
+        assert row.reasons[0]["rule"] == "submit_date_year" and "before 2000" in row.reasons[0]["message"]
+        [response] = session.scalars(select(Response)).all()
+        assert [w["rule"] for w in response.warnings] == ["submit_date_window"]

@@ -60,11 +60,19 @@ def markdown_report(summary: IngestSummary, validated: list[ValidatedFile], data
             if item.file.encoding:
                 described += f", encoding {item.file.encoding}, delimiter `{item.file.delimiter}`"
             lines.append(f"Read as {described}; sha256 `{item.file.sha256[:12]}…`, {item.file.size_bytes:,} bytes.")
+            recognised = item.file.recognised
+            if recognised:
+                lines.append(
+                    f"Recognised: {recognised.get('tool')} export, {recognised.get('heading_style')} headings; "
+                    f"response id column `{shown(str(recognised.get('id_column') or 'none'))}`, completeness from "
+                    f"`{shown(str(recognised.get('completeness_column') or 'none: every row complete'))}`."
+                )
         lines.append(_counts_line(file_summary))
         if item is None or item.duplicate:
             continue
         for note in item.file.notes:
-            if note.startswith(("ignored", "no column", "no submit-date", "skipped")):
+            if note.startswith(("ignored", "no column", "no submit-date", "skipped", "took", "read from")) or \
+                    "not shown / not applicable" in note or ": read from" in note:
                 lines.append(f"- note: {shown(note, limit=300)}")
         unmatched = item.match["match_error"][item.match["match_error"] != ""]
         lines += ["", "| check | field | severity | result | rows failing | examples of bad values |",
