@@ -150,3 +150,24 @@ def test_submit_dates_before_2000_are_errors_and_outside_the_round_warnings():
 def test_questionnaire_refuses_malformed_matrix_and_other(question, complaint):
     with pytest.raises(ConsultError, match=complaint):
         questionnaire(question)
+
+
+def test_limesurvey_xlsx_in_italian_is_recognised_by_content_not_name(tmp_path):
+    """A LimeSurvey XLSX export (saved under a .csv name by mistake) with Italian full-text metadata headings."""
+    import openpyxl
+
+    q = questionnaire({"code": "piani", "kind": "yes_no", "label": "Missioni previste?"}, MATRIX_Q)
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["ID risposta", "Data invio", "Ultima pagina", "Lingua iniziale", "Missioni previste?",
+                  "How far do you agree? [The helpdesk helps]"])
+    sheet.append([5, "2024-03-01 12:00:00", 2, "it", "Sì", "5 - A great extent"])
+    sheet.append([6, None, 1, "it", "No", None])
+    path = tmp_path / "risposte.csv"
+    book.save(path)
+    read_file = read_response_file(path, q)
+    assert (read_file.file_format, read_file.recognised["tool"]) == ("xlsx", "limesurvey")
+    assert read_file.cells["complete"].tolist() == [True, False]
+    first, second = typed_answers(read_file, q)
+    assert first == {"piani": True, "Q07[SQ001]": 5, "Q07[SQ002]": None}
+    assert second["piani"] is False

@@ -16,10 +16,10 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from consult.errors import ConsultError
-from consult.ingest.matching import load_directory, match_partnerships
-from consult.ingest.normalise import AnswerWriter, Reason, normalise
 from consult.ingest import tools
 from consult.ingest.columns import canonical_cells
+from consult.ingest.matching import load_directory, match_partnerships
+from consult.ingest.normalise import AnswerWriter, Reason, normalise
 from consult.ingest.readers import ResponseFile, read_response_file
 from consult.ingest.store import (
     FileSummary,

@@ -249,12 +249,15 @@ def _read_xlsx(path: Path) -> tuple[pd.DataFrame, int | None, list[str]]:
     from defusedxml import DefusedXmlException
 
     try:
-        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
-        try:
-            sheet = workbook.worksheets[0]
-            rows = [[_xlsx_cell(value) for value in row] for row in sheet.iter_rows(values_only=True)]
-        finally:
-            workbook.close()
+        # A file handle, not the path: openpyxl would go by the name's extension, and a workbook saved as .csv is
+        # still a workbook.
+        with path.open("rb") as handle:
+            workbook = openpyxl.load_workbook(handle, read_only=True, data_only=True)
+            try:
+                sheet = workbook.worksheets[0]
+                rows = [[_xlsx_cell(value) for value in row] for row in sheet.iter_rows(values_only=True)]
+            finally:
+                workbook.close()
     except Exception as error:  # noqa: BLE001 - openpyxl wraps zip, XML and defusedxml errors in its own types
         refused = _entity_refusal(error, DefusedXmlException)
         if refused is not None:

@@ -163,7 +163,7 @@ def completeness(cells: pd.DataFrame, recognised: Recognised) -> pd.Series | Non
 def looks_like_xml(path: Path) -> bool:
     with path.open("rb") as handle:
         head = handle.read(512).lstrip(b"\xef\xbb\xbf").lstrip()
-    return head.startswith(b"<?xml") or head.startswith(b"<Results")
+    return head.startswith((b"<?xml", b"<Results"))
 
 
 def read_eusurvey_xml(path: Path) -> tuple[pd.DataFrame, list[str]]:
