@@ -171,3 +171,34 @@ def test_limesurvey_xlsx_in_italian_is_recognised_by_content_not_name(tmp_path):
     first, second = typed_answers(read_file, q)
     assert first == {"piani": True, "Q07[SQ001]": 5, "Q07[SQ002]": None}
     assert second["piani"] is False
+
+
+QUALTRICS_HEAD = ("StartDate,Progress,Finished,RecordedDate,ResponseId,Q5,Q5_4_TEXT\n"
+                  "Start Date,Progress,Finished,Recorded Date,Response ID,Which?,Which? - Other - Text\n"
+                  '"{""ImportId"":""startDate""}","{""ImportId"":""progress""}","{""ImportId"":""finished""}",'
+                  '"{""ImportId"":""recordedDate""}","{""ImportId"":""_recordId""}","{""ImportId"":""QID5""}",'
+                  '"{""ImportId"":""QID5_4_TEXT""}"\n')
+
+
+def test_qualtrics_multiple_answer_and_other_text(tmp_path):
+    """Qualtrics writes a multiple answer as '1,3' and the text beside choice 4 in Q5_4_TEXT."""
+    q = questionnaire({"code": "Q5", "kind": "multi_select", "label": "Which?", "other": True,
+                       "options": ["1", "2", "3"]})
+    text = QUALTRICS_HEAD + "2024-01-01,100,1,2024-01-01 10:00:00,R_1,\"1,3\",\n" \
+                            "2024-01-01,100,1,2024-01-01 11:00:00,R_2,\"2,other\",fairs\n"
+    first, second = typed_answers(read(tmp_path, text, q), q)
+    assert first == {"Q5": ["1", "3"], "Q5[other]": None}
+    assert second == {"Q5": ["2", "other"], "Q5[other]": "fairs"}
+
+
+def test_odk_select_multiple_split_columns_alone_or_beside_the_whole_answer(tmp_path):
+    """ODK Central's splitSelectMultiples columns (q1/a = 1 or 0) are read when the whole answer is absent, and
+    set aside (noted) when it is present."""
+    q = questionnaire({"code": "q1", "kind": "multi_select", "label": "Q1", "options": ["a", "b"]})
+    split_only = "SubmissionDate,meta-instanceID,g1-q1/a,g1-q1/b,KEY\n2024-01-01T10:00:00Z,k1,1,1,k1\n"
+    [answers] = typed_answers(read(tmp_path, split_only, q, "split.csv"), q)
+    assert answers == {"q1": ["a", "b"]}
+    both = "SubmissionDate,meta-instanceID,g1-q1,g1-q1/a,g1-q1/b,KEY\n2024-01-01T10:00:00Z,k1,b,0,1,k1\n"
+    read_file = read(tmp_path, both, q, "both.csv")
+    assert typed_answers(read_file, q) == [{"q1": ["b"]}]
+    assert any("per-choice column(s) ignored" in note for note in read_file.notes)

@@ -39,6 +39,7 @@ IDENTITY_ALIASES: dict[str, set[str]] = {
 SELECTED = {"y", "x"} | YES
 NOT_SELECTED = {""} | NO
 _BRACKETED = re.compile(r"^(?P<base>[^\[\]]+?)\s*\[(?P<inner>[^\[\]]+)\]$")
+_QUALTRICS_TEXT = re.compile(r"^(?P<code>.+?)(?:_\d+)?_TEXT$")
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,8 @@ def canonical_cells(
         if code in whole:
             values = table[whole[code]].astype(str)
             if field.kind == "multi_select" and recognised.multi_separator != ";":
-                values = values.str.strip().str.split(r"\s+", regex=True).str.join(";")
+                pattern = r"\s+" if recognised.multi_separator == " " else rf"\s*{re.escape(recognised.multi_separator)}\s*"
+                values = values.str.strip().str.split(pattern, regex=True).str.join(";")
         elif code in options:
             values = _join_option_columns(table, options[code])
         else:
@@ -226,11 +228,16 @@ def _target(
         question = questions.get(base) or labels.get(base)
         if question is not None:
             return _inner_target(question, bracketed["inner"].strip())
-    if separator == "/" and "/" in column:  # KoBo's question/choice split columns
+    if recognised.tool in ("kobo", "odk_central") and "/" in column:  # question/choice split columns
         prefix, choice = column.rsplit("/", 1)
-        question = questions.get(normalise_header(prefix.rsplit("/", 1)[-1]))
+        question = questions.get(normalise_header(re.split(rf"[/{re.escape(separator or '/')}]", prefix)[-1]))
         if question is not None:
             return _inner_target(question, choice, split=True)
+    qualtrics_other = _QUALTRICS_TEXT.match(column) if recognised.tool == "qualtrics" else None
+    if qualtrics_other:  # Qualtrics: Q5_4_TEXT is the text written beside choice 4 ("Other")
+        question = questions.get(normalise_header(qualtrics_other["code"]))
+        if question is not None and question.other:
+            return _Target("field", f"{question.code}[{OTHER}]")
     if separator and column.endswith(f"_{OTHER}"):  # KoBo / ODK "specify other" text question
         question = questions.get(normalise_header(column[: -len(OTHER) - 1].rsplit(separator, 1)[-1]))
         if question is not None and question.other:

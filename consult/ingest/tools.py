@@ -108,6 +108,7 @@ def recognise(cells: pd.DataFrame, file_format: str) -> Recognised:
         return Recognised(
             tool="qualtrics", id_column=by_key.get("responseid"), submit_column=by_key.get("recordeddate"),
             completeness_column=by_key.get("finished") or by_key.get("progress"), column_labels=labels,
+            multi_separator=",",  # Qualtrics writes a multiple answer as "1,3"
         )
     if "_submission_time" in raw and ("_id" in raw or "_uuid" in raw):
         return Recognised(tool="kobo", id_column="_id" if "_id" in raw else "_uuid", submit_column="_submission_time",
