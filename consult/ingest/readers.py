@@ -1,22 +1,18 @@
 """Read survey exports into one canonical table of strings, whatever tool produced them.
 
-Layouts (see shared DOMAIN.md):
-
-- ``limesurvey``: CSV or XLSX with a ``token`` column, ``submitdate`` (empty for incomplete answers) and one
-  column per multi-select option named ``code[OPTION]`` holding ``Y`` or nothing;
-- ``eusurvey``: XLSX with a few metadata rows above the header and a ``Contribution Id`` column;
-- ``plain``: CSV, XLSX or JSON lines with one column per question code (or its label) and multi-select answers
-  separated by ``;``.
+The file's format is told from its bytes (an XLSX is a zip, EUSurvey's results are XML; otherwise CSV, or JSON
+lines by name), the tool that wrote it from its content (:mod:`consult.ingest.tools`: LimeSurvey, Qualtrics,
+KoBoToolbox, ODK Central, EUSurvey, or plain), and its columns are mapped to the questionnaire's answer fields by
+:mod:`consult.ingest.columns`.
 
 CSV files may be UTF-8, UTF-8 with a BOM or cp1252, comma- or semicolon-separated: both are detected and
 reported. Every cell is read as a string, exactly as exported (``""`` for an empty cell), so that the raw row can
 be kept unchanged; typing happens later in :mod:`consult.ingest.normalise`.
 
-The canonical table (``ResponseFile.cells``) has the columns ``token``, ``partnership_id``, ``email``,
-``submitted_at`` (each ``""`` when the file has no such column), ``complete`` (a submit date is given, or the
-file has no submit-date column at all) and one column per question code present in the file, multi-select
-answers joined with ``;``. Its index is the row number as a spreadsheet shows it (the header is
-row 1 in a plain CSV).
+The canonical table (``ResponseFile.cells``, see :mod:`consult.ingest.columns`) has the identity columns
+``token``, ``partnership_id``, ``email``, ``submitted_at``, ``response_id``, ``complete`` and one column per answer
+field present in the file. Its index is the row number as a spreadsheet shows it (the header is row 1 in a plain
+CSV; a Qualtrics export's first response is row 4).
 """
 
 from __future__ import annotations
