@@ -14,7 +14,8 @@ from consult.errors import ConsultError
 from db.models import Round
 
 # What survey tools export; anything else in the drop folder (a README, a half-copied upload) is left alone.
-RESPONSE_FILE_SUFFIXES = (".csv", ".xlsx")
+# EUSurvey results come as .xml.
+RESPONSE_FILE_SUFFIXES = (".csv", ".xlsx", ".xml")
 
 
 def today_in(timezone: str, now: dt.datetime | None = None) -> dt.date:
