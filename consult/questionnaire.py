@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
@@ -13,10 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from consult.errors import ConsultError
 
-QuestionKind = Literal["multi_select", "single_select", "integer", "number", "yes_no", "text"]
+QuestionKind = Literal["multi_select", "single_select", "integer", "number", "scale", "yes_no", "text"]
 MatchKey = Literal["token", "partnership_id", "email"]
 
 ISO3166 = "iso3166"
+_ATTRIBUTE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 class Option(BaseModel):
@@ -38,6 +40,7 @@ class Question(BaseModel):
     min: float | None = None
     max: float | None = None
     max_length: int | None = None
+    labels: dict[int, str] | None = Field(default=None, description="A scale's wording of its values, e.g. {1: Poor}.")
     previous_code: str | None = Field(default=None, description="The code this question had in the previous version.")
 
     @field_validator("options", mode="before")
@@ -54,7 +57,38 @@ class Question(BaseModel):
             raise ValueError(f"question {self.code!r}: a {self.kind} question needs options")
         if not is_select and self.options:
             raise ValueError(f"question {self.code!r}: only select questions take options")
+        if self.kind == "scale":
+            self._check_scale()
+        elif self.labels:
+            raise ValueError(f"question {self.code!r}: only scale questions take labels")
         return self
+
+    def _check_scale(self) -> None:
+        for bound, value in (("min", self.min), ("max", self.max)):
+            if value is None or not float(value).is_integer():
+                raise ValueError(f"question {self.code!r}: a scale question needs a whole-number {bound}")
+        if self.min >= self.max:  # type: ignore[operator]
+            raise ValueError(f"question {self.code!r}: a scale's min ({self.min:g}) must be below its max ({self.max:g})")
+        if self.max - self.min > 100:  # type: ignore[operator]
+            raise ValueError(f"question {self.code!r}: a scale has at most 101 values ({self.min:g}..{self.max:g})")
+        for value, label in (self.labels or {}).items():
+            if not self.min <= value <= self.max:  # type: ignore[operator]
+                raise ValueError(f"question {self.code!r}: label for {value} is outside the scale "
+                                 f"{self.min:g}..{self.max:g}")
+            if not label.strip():
+                raise ValueError(f"question {self.code!r}: the label for {value} is empty")
+
+    @property
+    def scale_values(self) -> list[int]:
+        """A scale's values, lowest first (empty for other kinds)."""
+        if self.kind != "scale" or self.min is None or self.max is None:
+            return []
+        return list(range(int(self.min), int(self.max) + 1))
+
+    def scale_label(self, value: int) -> str:
+        """A scale value as the questionnaire words it: ``5 - Very satisfied``, or ``5`` without a label."""
+        label = (self.labels or {}).get(value)
+        return f"{value} - {label}" if label else str(value)
 
     @property
     def is_select(self) -> bool:
@@ -84,6 +118,22 @@ class Question(BaseModel):
         return code
 
 
+class Respondent(BaseModel):
+    """How the summary names one respondent and several (``cluster``/``clusters``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    singular: str = "partnership"
+    plural: str = "partnerships"
+
+    @field_validator("singular", "plural")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if not value.strip() or "\n" in value or "\r" in value:
+            raise ValueError("a respondent name is one non-empty line")
+        return value.strip()
+
+
 class Questionnaire(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -91,7 +141,20 @@ class Questionnaire(BaseModel):
     version: int
     title: str
     match_by: list[MatchKey] = Field(default_factory=lambda: ["token"])
+    breakdown_by: list[str] = Field(
+        default_factory=list, description="Panel attributes every indicator is also computed by (e.g. [sector]).")
+    respondent: Respondent = Field(default_factory=Respondent)
     questions: Annotated[list[Question], Field(min_length=1)]
+
+    @field_validator("breakdown_by")
+    @classmethod
+    def _breakdowns_are_attribute_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _ATTRIBUTE_NAME.fullmatch(name):
+                raise ValueError(f"breakdown attribute {name!r} is not a panel column name (letters, digits, _)")
+        if len(set(value)) != len(value):
+            raise ValueError("a breakdown attribute is named twice")
+        return value
 
     @model_validator(mode="after")
     def _codes_unique(self) -> Questionnaire:
@@ -112,8 +175,18 @@ class Questionnaire(BaseModel):
     def codes(self) -> list[str]:
         return [question.code for question in self.questions]
 
+    def definition(self) -> dict[str, object]:
+        """The questionnaire as stored: sections left at their defaults are left out, so that a questionnaire
+        written before they existed keeps its content hash."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        if not self.breakdown_by:
+            data.pop("breakdown_by", None)
+        if self.respondent == Respondent():
+            data.pop("respondent", None)
+        return data
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True)
+        return yaml.safe_dump(self.definition(), sort_keys=False, allow_unicode=True)
 
     @property
     def sha256(self) -> str:

@@ -64,7 +64,7 @@ def store_questionnaire(session: Session, questionnaire: Questionnaire) -> Quest
         version=questionnaire.version,
         title=questionnaire.title,
         sha256=questionnaire.sha256,
-        definition=questionnaire.model_dump(mode="json", exclude_none=True),
+        definition=questionnaire.definition(),
     )
     session.add(version)
     session.flush()

@@ -42,6 +42,7 @@ _MESSAGES = {
     "range": "{field}: {value} is outside {min}..{max}",
     "options": "{field}: unknown option(s) {unknown}",
     "yes_no": "{field}: {value!r} is not yes or no",
+    "scale": "{field}: {value!r} is not a value of the scale (a whole number or one of its labels)",
     "choice": "{field}: {value!r} is not one of the options",
     "length": "{field}: longer than {max} characters",
     "submit_date": "submitted_at: {value!r} is not a date",
@@ -121,6 +122,12 @@ def build_suite(questionnaire: Questionnaire) -> dict[str, Any]:
                     column_A=f"{code}__prev_limit", column_B=f"{code}__num", or_equal=True,
                     ignore_row_if="either_value_is_missing",
                 )
+            )
+        elif question.kind == "scale":
+            expectations.append(_pattern_expectation(code, {**meta, "rule": "scale"}, INTEGER_PATTERN))
+            expectations.append(
+                _expectation("expect_column_values_to_be_between", "critical", {**meta, "rule": "range"},
+                             column=f"{code}__num", min_value=question.min, max_value=question.max)
             )
         elif question.is_select:
             rule = "options" if question.kind == "multi_select" else "choice"
