@@ -60,7 +60,35 @@ def panel_import(file: Annotated[Path, typer.Argument(help="CSV, one row per con
     typer.echo(
         f"{file}: {report.partnerships_added} partnerships added, {report.partnerships_updated} updated, "
         f"{report.contacts_added} contacts added; panel has {report.partnerships_total} partnerships"
+        + (f"; attributes: {', '.join(report.attributes)}" if report.attributes else "")
     )
+
+
+@panel_app.command("list")
+def panel_list(
+    out: Annotated[Path | None, typer.Option(help="Write the panel as CSV to this file.")] = None,
+) -> None:
+    """List the partnerships with their number of active contacts and every attribute of the panel."""
+    import csv
+    import io
+
+    from consult.panel import panel_listing
+    from consult.rounds import neutralise_cell
+    from db.engine import session_scope
+
+    with session_scope(_engine()) as session:
+        header, rows = panel_listing(session)
+    if out is not None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows([[neutralise_cell(cell) for cell in row] for row in rows])
+        out.write_text(buffer.getvalue(), encoding="utf-8")
+        typer.echo(f"wrote {len(rows)} partnerships to {out}")
+        return
+    widths = [max([len(header[i])] + [len(row[i]) for row in rows]) for i in range(len(header))]
+    for line in [header, *rows]:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
 
 
 @round_app.command("open")

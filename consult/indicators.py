@@ -84,11 +84,10 @@ def load_round_data(session: Session, year: int) -> RoundData:
 def _load(session: Session, round_: Round) -> RoundData:
     questionnaire = round_questionnaire(round_)
     participants = pd.DataFrame(
-        session.execute(
-            select(RoundParticipant.partnership_id, RoundParticipant.strand).where(
-                RoundParticipant.round_id == round_.id
-            )
-        ).all(),
+        [(pid, int(attributes["strand"]) if (attributes or {}).get("strand") else None)
+         for pid, attributes in session.execute(
+            select(RoundParticipant.partnership_id, RoundParticipant.attributes).where(
+                RoundParticipant.round_id == round_.id))],
         columns=["partnership_id", "strand"],
     )
     rows = session.execute(
@@ -644,7 +643,7 @@ def _stories(session: Session, round_: Round, questionnaire: Questionnaire) -> t
     if not text_codes:
         return ()
     rows = session.execute(
-        select(Partnership.code, Partnership.name, Partnership.acronym, RoundParticipant.strand, Response.answers)
+        select(Partnership.code, Partnership.name, Partnership.attributes, RoundParticipant.attributes, Response.answers)
         .join(Partnership, Partnership.id == Response.partnership_id)
         .outerjoin(RoundParticipant, (RoundParticipant.round_id == Response.round_id)
                    & (RoundParticipant.partnership_id == Response.partnership_id))
@@ -652,7 +651,9 @@ def _stories(session: Session, round_: Round, questionnaire: Questionnaire) -> t
         .order_by(Partnership.code)
     ).all()
     stories = []
-    for code, name, acronym, strand, answers in rows:
+    for code, name, attributes, snapshot, answers in rows:
+        acronym = (attributes or {}).get("acronym")
+        strand = int(snapshot["strand"]) if (snapshot or {}).get("strand") else None
         for text_code in text_codes:
             text = (answers or {}).get(text_code)
             if isinstance(text, str) and text.strip():
