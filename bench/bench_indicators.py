@@ -118,7 +118,7 @@ def main() -> None:
     def both_rounds() -> pd.DataFrame:
         now = compute_values(current, columns_now, current.questionnaire)
         before = compute_values(previous, mapped, current.questionnaire)
-        return compare(now, before, year=2020, previous_columns_=mapped)
+        return compare(now, before, year=2020, previous_columns_=mapped, questionnaire=current.questionnaire)
 
     year_over_year, compared = timed("both rounds + year-over-year comparison", both_rounds, args.repeat)
     assert isinstance(table, pd.DataFrame) and isinstance(compared, pd.DataFrame)

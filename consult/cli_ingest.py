@@ -109,7 +109,7 @@ def _parse_fixes(values: list[str]) -> dict[str, str]:
     for value in values:
         key, sep, cell = value.partition("=")
         if not sep or not key.strip():
-            raise ConsultError(f"--set {value!r}: expected QUESTION=VALUE, e.g. --set cooperation_agreements=3")
+            raise ConsultError(f"--set {value!r}: expected QUESTION=VALUE, e.g. --set agreements=3")
         fixes[key.strip()] = cell
     return fixes
 

@@ -134,6 +134,66 @@ class Respondent(BaseModel):
         return value.strip()
 
 
+class AddedIndicator(BaseModel):
+    """A declared indicator beyond the defaults: the respondents who chose any of some options of a select
+    question (e.g. ``north_america``: US or CA), overall and per breakdown, with its share."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    question: str
+    any_of: Annotated[list[str], Field(min_length=1)]
+    label: str | None = None
+
+
+class QuestionWording(BaseModel):
+    """How the summary words one question (all optional; the defaults fit any questionnaire).
+
+    ``sentence`` is a template whose fields the engine fills in per kind (see ``consult/narrative.py``);
+    ``intro`` (for ``style: by_group``) is one template, or one per value of the first breakdown attribute."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    title: str | None = None
+    section: str | None = None  # consecutive questions with the same section share one paragraph
+    noun: str | None = None  # what an answer is called: "market" (plural "markets" unless ``nouns`` says)
+    nouns: str | None = None
+    unit: str | None = None  # what a number counts: "cooperation agreement"
+    units: str | None = None
+    sentence: str | None = None
+    style: Literal["ranked", "by_group"] | None = None
+    intro: str | dict[str, str] | None = None
+    chart: bool = True
+
+
+class IndicatorsSection(BaseModel):
+    """The optional ``indicators:`` section: renames, hides or adds indicators, their labels, ranking, the
+    summary's overview rows and its wording."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rename: dict[str, str] = Field(default_factory=dict)
+    hide: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+    unranked: list[str] = Field(default_factory=list)
+    add: list[AddedIndicator] = Field(default_factory=list)
+    overview: list[str] | None = None
+    key_figures: list[str] | None = None
+    breakdown_labels: dict[str, str] = Field(
+        default_factory=dict, description="How a breakdown value is named: {sector: 'the {value} sector'}.")
+    wording: dict[str, QuestionWording] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> IndicatorsSection:
+        targets = list(self.rename.values())
+        if len(set(targets)) != len(targets):
+            raise ValueError("two indicators are renamed to the same name")
+        for template in self.breakdown_labels.values():
+            if "{value}" not in template:
+                raise ValueError(f"breakdown label {template!r} must contain {{value}}")
+        return self
+
+
 class Questionnaire(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -145,6 +205,29 @@ class Questionnaire(BaseModel):
         default_factory=list, description="Panel attributes every indicator is also computed by (e.g. [sector]).")
     respondent: Respondent = Field(default_factory=Respondent)
     questions: Annotated[list[Question], Field(min_length=1)]
+    indicators: IndicatorsSection | None = None
+
+    @model_validator(mode="after")
+    def _indicators_name_questions(self) -> Questionnaire:
+        if self.indicators is None:
+            return self
+        codes = set(self.codes)
+        for code in self.indicators.wording:
+            if code not in codes:
+                raise ValueError(f"indicators.wording: {code!r} is not a question of this questionnaire")
+        for added in self.indicators.add:
+            if added.question not in codes or not self.question(added.question).is_select:
+                raise ValueError(f"indicators.add {added.name!r}: {added.question!r} is not a select question")
+            unknown = [code for code in added.any_of if code not in self.question(added.question).option_codes]
+            if unknown:
+                raise ValueError(f"indicators.add {added.name!r}: unknown option(s) {', '.join(unknown)}")
+        return self
+
+    def wording(self, code: str) -> QuestionWording:
+        """How the summary words question ``code`` (defaults when the questionnaire says nothing)."""
+        if self.indicators is not None and code in self.indicators.wording:
+            return self.indicators.wording[code]
+        return QuestionWording()
 
     @field_validator("breakdown_by")
     @classmethod
