@@ -676,7 +676,7 @@ def compare(current: pd.DataFrame, previous: pd.DataFrame | None, *, year: int,
         before = previous[["indicator", "dimension", "value", "denominator", "rank"]].rename(
             columns={"value": "previous_value", "denominator": "previous_denominator", "rank": "previous_rank"}
         )
-        table = table.merge(before, on=["indicator", "dimension"], how="left")
+        table = table.merge(before, on=["indicator", "dimension"], how="left", indicator="_previous_row")
         comparable_question = table["question"].isna() | table["question"].isin(list(previous_columns_))
         table["comparison"] = np.where(comparable_question, "comparable", "new")
         for code, column in previous_columns_.items():
@@ -687,7 +687,9 @@ def compare(current: pd.DataFrame, previous: pd.DataFrame | None, *, year: int,
             table.loc[new_option, "comparison"] = "new"
         # An option offered both times but chosen by nobody last time was a real zero.
         option_row = table["key"].notna() & (table["comparison"] == "comparable")
-        added = option_row & table["previous_value"].isna()
+        # (An option row the previous round has, with no value - a share of nobody - stays unknown.)
+        added = option_row & (table["_previous_row"] == "left_only")
+        table = table.drop(columns="_previous_row")
         previous_base = previous[previous["key"].notna()].drop_duplicates(["indicator", "group"])
         base_of = {(i, g): d for i, g, d in zip(previous_base["indicator"], previous_base["group"],
                                                 previous_base["denominator"], strict=True)}
