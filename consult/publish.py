@@ -25,7 +25,6 @@ from consult.indicators import TABLE_COLUMNS, IndicatorReport, format_number
 from consult.narrative import (
     SMALL_BASE,
     Paragraph,
-    question_title,
     build_narrative,
     count,
     group_label,
@@ -33,6 +32,7 @@ from consult.narrative import (
     number,
     option_name,
     percent,
+    question_title,
     rate,
 )
 from consult.questionnaire import ISO3166, Question, country_name
@@ -425,7 +425,7 @@ def _charts(report: IndicatorReport) -> list[Chart]:
         attributes = report.questionnaire.breakdown_by
         title = question_title(report, question)
 
-        def items(frame: pd.DataFrame) -> list[tuple[str, float, float | None]]:
+        def items(frame: pd.DataFrame, question: Question = question) -> list[tuple[str, float, float | None]]:
             if question.is_select and question.options == ISO3166:
                 frame = frame[frame["value"] > 0]
             return [(option_name(question, str(r["key"]), article=False), float(r["value"]),
