@@ -45,6 +45,14 @@ def round_questionnaire(round_: Round) -> Questionnaire:
     return parse_questionnaire(version.definition, source=f"questionnaire {version.code} v{version.version}")
 
 
+_PRESENTATION = ("breakdown_by", "respondent", "indicators", "title")
+
+
+def _questions_part(definition: dict[str, object]) -> dict[str, object]:
+    """What a stored answer depends on: everything but how the summary is computed and worded."""
+    return {key: value for key, value in definition.items() if key not in _PRESENTATION}
+
+
 def store_questionnaire(session: Session, questionnaire: Questionnaire) -> QuestionnaireVersion:
     """Store a questionnaire version once; the same code and version with other content is refused."""
     existing = session.scalar(
@@ -53,6 +61,13 @@ def store_questionnaire(session: Session, questionnaire: Questionnaire) -> Quest
         )
     )
     if existing is not None:
+        if existing.sha256 != questionnaire.sha256 and _questions_part(existing.definition) == _questions_part(
+                questionnaire.definition()):
+            # Only how the summary is computed and worded changed (breakdown_by, respondent, indicators): the
+            # stored answers stay valid, so the version takes the new presentation.
+            existing.definition = questionnaire.definition()
+            existing.sha256 = questionnaire.sha256
+            existing.title = questionnaire.title
         if existing.sha256 != questionnaire.sha256:
             raise ConsultError(
                 f"questionnaire {questionnaire.code} version {questionnaire.version} is already stored with other "

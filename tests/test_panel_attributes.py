@@ -157,3 +157,24 @@ def test_migration_0005_moves_strand_country_and_acronym_into_attributes(db_url)
     assert [tuple(row) for row in rows] == [("P1", "ALP", 2, "BE"), ("P2", None, 1, "FR")]
     assert [tuple(row) for row in strands] == [(1, 1), (2, 1)]
     upgrade(db_url)
+
+
+def test_a_round_takes_a_new_breakdown_or_wording_but_not_changed_questions(engine, settings, clusters, tmp_path):
+    """breakdown_by, respondent and indicators only change how the summary is computed and worded: the stored
+    version takes them (a database from before them keeps working); a changed question needs a new version."""
+    from consult.rounds import round_questionnaire
+    from db.models import Round
+
+    plain = QUESTIONNAIRE.replace("breakdown_by: [sector]\n", "")
+    path = tmp_path / "q.yaml"
+    path.write_text(plain, encoding="utf-8")
+    with session_scope(engine) as session:
+        open_round(session, year=2030, questionnaire_path=path, token_secret=b"s" * 32)
+    path.write_text(QUESTIONNAIRE + "indicators: {labels: {satisfied_mean: Mean satisfaction}}\n", encoding="utf-8")
+    with session_scope(engine) as session:
+        open_round(session, year=2030, questionnaire_path=path, token_secret=b"s" * 32)
+        stored = round_questionnaire(session.scalars(select(Round)).one())
+    assert stored.breakdown_by == ["sector"] and stored.indicators.labels == {"satisfied_mean": "Mean satisfaction"}
+    path.write_text(QUESTIONNAIRE.replace("max: 5", "max: 7"), encoding="utf-8")
+    with pytest.raises(ConsultError, match="already stored with other content"), session_scope(engine) as session:
+        open_round(session, year=2030, questionnaire_path=path, token_secret=b"s" * 32)
