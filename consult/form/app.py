@@ -320,6 +320,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     def stylesheet() -> Response:
         return Response(css, media_type="text/css", headers={"Cache-Control": "public, max-age=3600"})
 
+    @app.get("/favicon.ico")
+    def favicon() -> Response:
+        return Response(status_code=204)
+
     @app.get("/")
     def home() -> HTMLResponse:
         return form.page("home.html.j2", en=strings("en"), fr=strings("fr"))
