@@ -227,7 +227,8 @@ class FormApp:
         return self.form_page(participant, questionnaire, cells=cells, errors={}, notice=notice, previous=previous,
                               csrf_value=self.csrf.issue(hash_token(token), cookie))
 
-    def post(self, participant: Participant, token: str, cookie: str | None, fields: dict[str, list[str]]) -> Response:
+    def post(self, participant: Participant, token: str, cookie: str | None, fields: dict[str, list[str]], *,
+             secure: bool = False) -> Response:
         with Session(self.engine) as session:
             questionnaire = questionnaire_of(session, participant)
             previous = previous_answers(session, participant)
@@ -241,7 +242,7 @@ class FormApp:
             response = self.form_page(participant, questionnaire, cells=cells, errors={}, notice=None,
                                       previous=previous, status=403, top_error=words["csrf_failed"],
                                       csrf_value=self.csrf.issue(token_hash, fresh_cookie))
-            return self._with_cookie(response, fresh_cookie, secure=False)
+            return self._with_cookie(response, fresh_cookie, secure=secure)
         if not participant.is_open:
             return self.page("closed.html.j2", 409, t=words, lang=words["lang"], participant=participant,
                              questionnaire=questionnaire, previous=previous,
@@ -358,8 +359,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             fields = urllib.parse.parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=2000)
         except (UnicodeDecodeError, ValueError):
             return form.refused(400, "generic")
-        response = await run_in_threadpool(form.post, participant, token, request.cookies.get(CSRF_COOKIE), fields)
-        return response
+        return await run_in_threadpool(form.post, participant, token, request.cookies.get(CSRF_COOKIE), fields,
+                                      secure=request.url.scheme == "https")
 
     app.state.form = form
     return app

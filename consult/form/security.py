@@ -53,7 +53,7 @@ class CsrfTokens:
         self._lock = threading.Lock()
 
     def _mac(self, token_hash: str, cookie: str, nonce: str, issued: str) -> str:
-        message = "|".join((token_hash, cookie, nonce, issued)).encode()
+        message = f"{token_hash}|{cookie}|{nonce}|{issued}".encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
     def issue(self, token_hash: str, cookie: str) -> str:
