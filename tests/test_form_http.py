@@ -306,3 +306,37 @@ def test_response_link_defaults_to_the_form(monkeypatch, tmp_path: Path):
     assert survey.resolved_response_url_template == "https://survey.example/{token}"
     with pytest.raises(ValueError, match="token"):
         Settings(**base, response_url_template="https://survey.example/")
+
+
+def test_concurrent_submissions_checked_together_each_get_their_own_findings(settings, round_2019, engine):
+    """Submissions arriving together share one suite run (as rows of one table); an invalid one is refused alone."""
+    from sqlalchemy.orm import Session
+
+    from consult.form.submissions import find_participant, questionnaire_of, submit
+
+    codes = [row["partnership_id"] for row in PANEL][:6]
+    codes = list(dict.fromkeys(codes))
+    outcomes: dict[str, Any] = {}
+    barrier = threading.Barrier(len(codes))
+
+    def answer(position: int, code: str) -> None:
+        with Session(engine) as session:
+            participant = find_participant(session, token_of(settings, code))
+            assert participant is not None
+            questionnaire = questionnaire_of(session, participant)
+        answers = {key: ";".join(value) if isinstance(value, list) else value for key, value in GOOD.items()}
+        answers["sme_members"] = "lots" if position == 0 else str(position)
+        barrier.wait()
+        outcomes[code] = submit(engine, participant, questionnaire, answers, complete=True)
+
+    threads = [threading.Thread(target=answer, args=(n, code)) for n, code in enumerate(codes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert set(outcomes[codes[0]].errors) == {"sme_members"} and outcomes[codes[0]].status is None
+    for position, code in enumerate(codes[1:], start=1):
+        assert outcomes[code].errors == {} and outcomes[code].status == "accepted"
+        [row] = responses_of(engine, code)
+        assert row["answers"]["sme_members"] == position
+    assert responses_of(engine, codes[0]) == []

@@ -169,9 +169,93 @@ class Outcome:
     file_id: int | None = None
 
 
-# Great Expectations builds a context per run; the runs of concurrent submissions take turns (the work is
-# CPU-bound Python under the GIL anyway, and GX's in-memory stores are not meant to be shared across threads).
-_SUITE_LOCK = threading.Lock()
+@dataclass
+class _Check:
+    """One submission waiting for the suite: its one-row frames in, its typed row and findings out."""
+
+    cells: pd.DataFrame
+    match: pd.DataFrame
+    limits: pd.DataFrame
+    questionnaire: Questionnaire
+    timezone: str
+    done: threading.Event = field(default_factory=threading.Event)
+    typed: pd.DataFrame | None = None
+    errors: list[Reason] = field(default_factory=list)
+    warnings: list[Reason] = field(default_factory=list)
+    failure: BaseException | None = None
+
+
+class SuiteBatcher:
+    """Runs the ingest's :func:`check_rows` on the submissions that arrive together, as one table.
+
+    A Great Expectations run costs about the same for one row as for hundreds (building its metric graph
+    dominates), and runs cannot overlap usefully (CPU-bound Python, in-memory stores not meant for threads). So
+    the first submission to arrive runs the suite, and every submission that arrives meanwhile waits and is
+    checked in the next run, together with the others: a file of concurrent answers, on the ingest's own path.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[_Check] = []
+        self._running = False
+
+    def check(self, item: _Check) -> _Check:
+        with self._lock:
+            self._pending.append(item)
+            leader = not self._running
+            self._running = True
+        if leader:
+            while True:
+                with self._lock:
+                    batch, self._pending = self._pending, []
+                    if not batch:
+                        self._running = False
+                        break
+                self._run(batch)
+        item.done.wait()
+        if item.failure is not None:
+            raise item.failure
+        return item
+
+    @staticmethod
+    def _run(batch: list[_Check]) -> None:
+        groups: dict[tuple[str, str], list[_Check]] = {}
+        for item in batch:
+            groups.setdefault((item.questionnaire.sha256, item.timezone), []).append(item)
+        for items in groups.values():
+            try:
+                _check_together(items)
+            except BaseException as error:  # noqa: BLE001 - handed to every waiting submission, raised there
+                for item in items:
+                    item.failure = error
+            finally:
+                for item in items:
+                    item.done.set()
+
+
+def _check_together(items: list[_Check]) -> None:
+    numbers = [ROW + position for position in range(len(items))]
+
+    def stacked(frames: list[pd.DataFrame]) -> pd.DataFrame:
+        return pd.concat([frame.set_axis(pd.Index([number], name="row_number")) for frame, number
+                          in zip(frames, numbers, strict=True)])
+
+    cells = stacked([item.cells for item in items])
+    match = stacked([item.match for item in items])
+    limits = pd.concat([item.limits for item in items])
+    limits = limits[~limits.index.duplicated()]
+    first = items[0]
+    normalised, validation, warnings = check_rows(
+        cells, match, first.questionnaire, _suite(first.questionnaire), limits=limits, timezone=first.timezone,
+        has_submit_date=True, asset_name="form submissions",
+    )
+    for item, number in zip(items, numbers, strict=True):
+        item.typed = normalised.typed.loc[[number]].set_axis(pd.Index([ROW], name="row_number"))
+        item.errors = validation.errors.get(number, [])
+        item.warnings = warnings.get(number, [])
+
+
+SUITE_BATCHER = SuiteBatcher()
 
 
 def submit(
@@ -193,15 +277,12 @@ def submit(
         before = previous_round(session, participant.year)
         limits = previous_limits(session, before.id if before else None, questionnaire,
                                  partnership_ids=[participant.partnership_id])
-    suite = _suite(questionnaire)
-    with _SUITE_LOCK:
-        normalised, validation, warnings = check_rows(
-            cells, match, questionnaire, suite, limits=limits, timezone=timezone, has_submit_date=True,
-            asset_name=f"form {participant.partnership_code}",
-        )
-    if validation.errors:
+    checked = SUITE_BATCHER.check(_Check(cells=cells, match=match, limits=limits, questionnaire=questionnaire,
+                                         timezone=timezone))
+    assert checked.typed is not None
+    if checked.errors:
         by_field: dict[str, list[Reason]] = {}
-        for reason in validation.errors.get(ROW, []):
+        for reason in checked.errors:
             by_field.setdefault(str(reason["column"]), []).append(reason)
         return Outcome(errors=by_field)
     raw = _raw_frame(questionnaire, participant.partnership_code, answers, submitted_at, submission_id)
@@ -209,12 +290,12 @@ def submit(
     rows = RowsToStore(
         raw=raw, complete=cells["complete"].astype(bool), partnership=match["partnership"],
         matched_by=match["matched_by"], match_error=match["match_error"],
-        submitted_at=normalised.typed["submitted_at"], answers=AnswerWriter(normalised.typed, questionnaire),
-        errors={}, warnings=warnings,
+        submitted_at=checked.typed["submitted_at"], answers=AnswerWriter(checked.typed, questionnaire),
+        errors={}, warnings={ROW: checked.warnings} if checked.warnings else {},
     )
     name = f"form-{participant.partnership_code}-{stamp.strftime('%Y%m%dT%H%M%S%fZ')}.csv"
     report = {"source": FORM_LAYOUT, "complete": complete,
-              "warnings": [reason["message"] for reason in warnings.get(ROW, [])]}
+              "warnings": [reason["message"] for reason in checked.warnings]}
     with engine.begin() as connection:
         # One submission of a partnership at a time: this write takes the participant's row lock on PostgreSQL
         # and the write lock on SQLite before anything is read, so two concurrent submissions are decided one
