@@ -114,8 +114,10 @@ async def load_forms(base: str, tokens: list[str]) -> list[tuple[httpx.AsyncClie
     """Each partnership opens its form: its own client (cookie jar) and the form's CSRF token."""
     clients = []
     for token in tokens:
+        # No keep-alive: a person posts minutes after loading the page, on a new connection (and the server
+        # would have closed an idle one meanwhile), as the baseline's posts do.
         client = httpx.AsyncClient(base_url=base, timeout=600,
-                                   limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+                                   limits=httpx.Limits(max_connections=1, max_keepalive_connections=0))
         page = await client.get(f"/r/{token}")
         assert page.status_code == 200, page.status_code
         csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
