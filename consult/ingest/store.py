@@ -145,7 +145,7 @@ def decide_statuses(
         )
         if len(winners) <= 1000:
             # A form submission or a small file: its partnerships' responses only, not the whole round's.
-            query = query.where(Response.partnership_id.in_(winners["partnership"].tolist()))
+            query = query.where(Response.partnership_id.in_([int(p) for p in winners["partnership"].tolist()]))
         existing = connection.execute(query).all()
         by_partnership = {partnership_id: (response_id, _utc(ts)) for response_id, partnership_id, ts in existing}
         if by_partnership:
