@@ -132,7 +132,7 @@ def round_participants(
             session,
             year=year,
             token_secret=settings.resolved_token_secret(),
-            url_template=settings.response_url_template,
+            url_template=settings.resolved_response_url_template,
             export_format=export_format,
         )
     if out is None:
@@ -190,7 +190,7 @@ def _parse_date(value: str, option: str) -> dt.date:
 
 def _register_stage_commands() -> None:
     """Commands owned by each stage's module, merged into the top level."""
-    from consult import cli_ingest, cli_mail, cli_publish, cli_serve
+    from consult import cli_form, cli_ingest, cli_mail, cli_publish, cli_serve
 
     app.add_typer(cli_mail.app)
     app.add_typer(cli_ingest.app)
@@ -198,6 +198,7 @@ def _register_stage_commands() -> None:
     app.add_typer(cli_ingest.files_app, name="files", help="Ingested files, kept byte for byte.")
     app.add_typer(cli_publish.app)
     app.add_typer(cli_serve.app)
+    app.add_typer(cli_form.app, name="form")
 
 
 _register_stage_commands()

@@ -163,8 +163,10 @@ def files_list(year: YearArg) -> None:
         typer.echo(f"no file ingested into round {year} yet")
     for item in files:
         kept = "" if item.kept else "  (bytes not kept: ingested before 0002)"
+        # A submission of the response form is kept as a one-row file too, beside the survey exports.
+        source = "response form" if item.layout == "form" else f"file, {item.layout or 'plain'}"
         typer.echo(f"{item.id}  {item.name}  {item.row_count} rows  {item.size_bytes} bytes  "
-                   f"sha256 {item.sha256[:16]}…  {item.ingested_at:%Y-%m-%d %H:%M}{kept}")
+                   f"sha256 {item.sha256[:16]}…  {item.ingested_at:%Y-%m-%d %H:%M}  [{source}]{kept}")
 
 
 @files_app.command("show")

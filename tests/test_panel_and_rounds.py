@@ -138,7 +138,7 @@ def test_participants_export_in_limesurvey_layout_carries_each_contacts_token(en
     """LimeSurvey's participant import: firstname, lastname, email, token, then attributes; one row per contact."""
     with session_scope(engine) as session:
         table = participants_table(session, year=2019, token_secret=settings.resolved_token_secret(),
-                                   url_template=settings.response_url_template, export_format="limesurvey")
+                                   url_template=settings.resolved_response_url_template, export_format="limesurvey")
     rows = list(csv.DictReader(io.StringIO(table)))
     assert list(rows[0])[:4] == ["firstname", "lastname", "email", "token"]
     expected = {row["contact_email"]: row["partnership_id"] for row in _example_panel_rows()}

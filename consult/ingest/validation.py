@@ -170,17 +170,22 @@ def write_suite(questionnaire: Questionnaire, directory: Path = EXPECTATIONS_DIR
 # --- the table the suite runs on ---------------------------------------------------------------------------
 
 
-def previous_limits(session: Session, previous_round_id: int | None, questionnaire: Questionnaire) -> pd.DataFrame:
-    """Per partnership, ``{code}__prev_limit`` = ten times last round's accepted answer (at least ten)."""
+def previous_limits(
+    session: Session, previous_round_id: int | None, questionnaire: Questionnaire, *,
+    partnership_ids: list[int] | None = None,
+) -> pd.DataFrame:
+    """Per partnership, ``{code}__prev_limit`` = ten times last round's accepted answer (at least ten).
+    ``partnership_ids``: only these partnerships' (one form submission needs one row, not the whole round's)."""
     numeric = [q for q in questionnaire.questions if q.kind in ("integer", "number")]
     columns = [f"{q.code}__prev_limit" for q in numeric]
     if previous_round_id is None or not numeric:
         return pd.DataFrame(columns=columns, dtype="float64")
-    rows = session.execute(
-        select(Response.partnership_id, Response.answers).where(
-            Response.round_id == previous_round_id, Response.status == "accepted"
-        )
-    ).all()
+    query = select(Response.partnership_id, Response.answers).where(
+        Response.round_id == previous_round_id, Response.status == "accepted"
+    )
+    if partnership_ids is not None:
+        query = query.where(Response.partnership_id.in_(partnership_ids))
+    rows = session.execute(query).all()
     records: dict[int, dict[str, float]] = {}
     for partnership_id, answers in rows:
         record: dict[str, float] = {}
