@@ -103,7 +103,8 @@ def main() -> None:
                        lambda: build_round_data(2019, previous.questionnaire, participants, ids.tolist(), sample), 1)
     print(f"  {'  = for all rows, extrapolated':<58} {loading * args.rows / sample_rows:8.3f} s")
 
-    frame = current.answers
+    # The baseline groups by strand as a column of the answers (the engine finds it in the round's snapshot).
+    frame = current.answers.assign(strand=current.participants["strand"].to_numpy())
     baseline, _ = timed("baseline: groupby(strand) sum/mean/median of one column",
                         lambda: frame.groupby("strand")["cooperation_agreements"].agg(["sum", "mean", "median"]),
                         args.repeat)
@@ -118,7 +119,7 @@ def main() -> None:
     def both_rounds() -> pd.DataFrame:
         now = compute_values(current, columns_now, current.questionnaire)
         before = compute_values(previous, mapped, current.questionnaire)
-        return compare(now, before, year=2020, previous_columns_=mapped)
+        return compare(now, before, year=2020, previous_columns_=mapped, questionnaire=current.questionnaire)
 
     year_over_year, compared = timed("both rounds + year-over-year comparison", both_rounds, args.repeat)
     assert isinstance(table, pd.DataFrame) and isinstance(compared, pd.DataFrame)

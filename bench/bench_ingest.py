@@ -85,16 +85,18 @@ def setup_database(url: str, rows: int) -> None:
     with engine.begin() as connection:
         now = dt.datetime.now(dt.UTC).strftime(timestamp_format(connection))
         bulk_insert(connection, "partnerships",
-                    ("id", "code", "name", "strand", "country", "language", "active", "created_at", "updated_at"),
-                    ((n + 1, code(n), f"Partnership {n}", 1 + n % 2, "BE", "en", True, now, now)
+                    ("id", "code", "name", "attributes", "language", "active", "created_at", "updated_at"),
+                    ((n + 1, code(n), f"Partnership {n}", f'{{"strand": "{1 + n % 2}", "country": "BE"}}', "en", True,
+                      now, now)
                      for n in range(rows)))
         round_id = connection.execute(
             insert(Round).values(year=2019, questionnaire_version_id=version_id, status="open",
                                  closes_on=dt.date(2019, 6, 30), reminder_days=[14, 3]).returning(Round.id)
         ).scalar_one()
         bulk_insert(connection, "round_participants",
-                    ("round_id", "partnership_id", "token_hash", "strand", "created_at"),
-                    ((round_id, n + 1, hashlib.sha256(code(n).encode()).hexdigest(), 1 + n % 2, now)
+                    ("round_id", "partnership_id", "token_hash", "attributes", "created_at"),
+                    ((round_id, n + 1, hashlib.sha256(code(n).encode()).hexdigest(), f'{{"strand": "{1 + n % 2}"}}',
+                      now)
                      for n in range(rows)))
         if connection.dialect.name == "postgresql":
             from sqlalchemy import text

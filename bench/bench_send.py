@@ -44,8 +44,8 @@ def populate(url: str, contacts: int, secret: bytes) -> None:
     codes = [f"P{index:07d}" for index in range(contacts)]
     with engine.begin() as connection:
         connection.execute(insert(Partnership), [
-            {"id": i + 1, "code": code, "name": f"Partnership {i} & Co", "acronym": f"P{i}", "strand": 1 + i % 2,
-             "country": "DE", "language": "fr" if i % 10 == 0 else "en", "active": True, "created_at": now,
+            {"id": i + 1, "code": code, "name": f"Partnership {i} & Co", "attributes": {"acronym": f"P{i}", "strand": str(1 + i % 2), "country": "DE"},
+             "language": "fr" if i % 10 == 0 else "en", "active": True, "created_at": now,
              "updated_at": now}
             for i, code in enumerate(codes)
         ])
@@ -63,7 +63,7 @@ def populate(url: str, contacts: int, secret: bytes) -> None:
         round_id = round_.id
     with engine.begin() as connection:
         connection.execute(insert(RoundParticipant), [
-            {"round_id": round_id, "partnership_id": i + 1, "strand": 1 + i % 2, "created_at": now,
+            {"round_id": round_id, "partnership_id": i + 1, "attributes": {"strand": str(1 + i % 2)}, "created_at": now,
              "token_hash": hash_token(derive_token(secret, 2019, code))}
             for i, code in enumerate(codes)
         ])

@@ -60,7 +60,35 @@ def panel_import(file: Annotated[Path, typer.Argument(help="CSV, one row per con
     typer.echo(
         f"{file}: {report.partnerships_added} partnerships added, {report.partnerships_updated} updated, "
         f"{report.contacts_added} contacts added; panel has {report.partnerships_total} partnerships"
+        + (f"; attributes: {', '.join(report.attributes)}" if report.attributes else "")
     )
+
+
+@panel_app.command("list")
+def panel_list(
+    out: Annotated[Path | None, typer.Option(help="Write the panel as CSV to this file.")] = None,
+) -> None:
+    """List the partnerships with their number of active contacts and every attribute of the panel."""
+    import csv
+    import io
+
+    from consult.panel import panel_listing
+    from consult.rounds import neutralise_cell
+    from db.engine import session_scope
+
+    with session_scope(_engine()) as session:
+        header, rows = panel_listing(session)
+    if out is not None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows([[neutralise_cell(cell) for cell in row] for row in rows])
+        out.write_text(buffer.getvalue(), encoding="utf-8")
+        typer.echo(f"wrote {len(rows)} partnerships to {out}")
+        return
+    widths = [max([len(header[i])] + [len(row[i]) for row in rows]) for i in range(len(header))]
+    for line in [header, *rows]:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
 
 
 @round_app.command("open")
@@ -104,7 +132,7 @@ def round_participants(
             session,
             year=year,
             token_secret=settings.resolved_token_secret(),
-            url_template=settings.response_url_template,
+            url_template=settings.resolved_response_url_template,
             export_format=export_format,
         )
     if out is None:
@@ -162,7 +190,7 @@ def _parse_date(value: str, option: str) -> dt.date:
 
 def _register_stage_commands() -> None:
     """Commands owned by each stage's module, merged into the top level."""
-    from consult import cli_ingest, cli_mail, cli_publish, cli_serve
+    from consult import cli_form, cli_ingest, cli_mail, cli_publish, cli_serve
 
     app.add_typer(cli_mail.app)
     app.add_typer(cli_ingest.app)
@@ -170,6 +198,7 @@ def _register_stage_commands() -> None:
     app.add_typer(cli_ingest.files_app, name="files", help="Ingested files, kept byte for byte.")
     app.add_typer(cli_publish.app)
     app.add_typer(cli_serve.app)
+    app.add_typer(cli_form.app, name="form")
 
 
 _register_stage_commands()

@@ -109,7 +109,7 @@ def _parse_fixes(values: list[str]) -> dict[str, str]:
     for value in values:
         key, sep, cell = value.partition("=")
         if not sep or not key.strip():
-            raise ConsultError(f"--set {value!r}: expected QUESTION=VALUE, e.g. --set cooperation_agreements=3")
+            raise ConsultError(f"--set {value!r}: expected QUESTION=VALUE, e.g. --set agreements=3")
         fixes[key.strip()] = cell
     return fixes
 
@@ -163,8 +163,10 @@ def files_list(year: YearArg) -> None:
         typer.echo(f"no file ingested into round {year} yet")
     for item in files:
         kept = "" if item.kept else "  (bytes not kept: ingested before 0002)"
+        # A submission of the response form is kept as a one-row file too, beside the survey exports.
+        source = "response form" if item.layout == "form" else f"file, {item.layout or 'plain'}"
         typer.echo(f"{item.id}  {item.name}  {item.row_count} rows  {item.size_bytes} bytes  "
-                   f"sha256 {item.sha256[:16]}…  {item.ingested_at:%Y-%m-%d %H:%M}{kept}")
+                   f"sha256 {item.sha256[:16]}…  {item.ingested_at:%Y-%m-%d %H:%M}  [{source}]{kept}")
 
 
 @files_app.command("show")

@@ -1,24 +1,28 @@
-"""The summary's narrative, written from the indicators in the register of the ECCP's published report.
+"""The summary's narrative, written from the indicators in the register of the ECCP's published report, for
+any questionnaire: a paragraph per question (or per ``section`` of questions) in questionnaire order.
 
 "The United States of America is the most selected market (8 partnerships); Canada and Japan share second place
-(7 partnerships each)". Rules: country names come from their codes (``consult.questionnaire.country_name``), ties
+(7 partnerships each)". Rules: option names come from the questionnaire (country names from their codes), ties
 are worded as ties, every percentage carries its denominator, and a change on a small base is worded as counts
-("14 of 20, against 12 of 19 in 2019") rather than as a percentage that would overstate it.
+("14 of 20, against 12 of 19 in 2019") rather than as a percentage that would overstate it. Respondents are
+called what the questionnaire calls them (``respondent:``); a question's ``indicators.wording`` may give its
+title, the noun of its answers and a sentence template whose fields are listed by kind below.
 """
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
 from itertools import groupby
 
 import pandas as pd
 
-from consult.indicators import MARKET_INDICATOR, IndicatorReport
-from consult.questionnaire import country_name
+from consult.indicators import IndicatorReport
+from consult.questionnaire import ISO3166, Question, QuestionWording, country_name
 
 # Below this many respondents, a change is worded as counts, not as a percentage change.
 SMALL_BASE = 30
-# The market sentence names rank groups until at least this many markets are named.
+# The ranked sentence names rank groups until at least this many options are named.
 MARKETS_NAMED = 8
 
 _ORDINALS = ["", "first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth"]
@@ -113,7 +117,7 @@ def capitalise(text: str) -> str:
 
 
 def lower_first(label: str) -> str:
-    """``Knowledge sharing`` -> ``knowledge sharing``, leaving acronyms (``SME``) alone."""
+    """``Knowledge sharing`` -> ``knowledge sharing``, leaving acronyms (``EU calls``) alone."""
     if len(label) > 1 and label[1].isupper():
         return label
     return label[:1].lower() + label[1:]
@@ -156,101 +160,220 @@ def change_in_share(part: float | None, whole: float | None, prev_part: float | 
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Naming things as the questionnaire and the panel do
+
+
+class _Fields(dict):  # type: ignore[type-arg]
+    """Template fields; a field the template names and the engine does not fill is left visible, not an error."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def fill(template: str, fields: dict[str, str]) -> str:
+    return string.Formatter().vformat(template, (), _Fields(fields))
+
+
+def group_label(report: IndicatorReport, group: str) -> str:
+    """``size=large`` -> ``large``, or as the questionnaire's ``breakdown_labels`` word it (``Size: large``)."""
+    attribute, _, value = group.partition("=")
+    section = report.questionnaire.indicators
+    template = section.breakdown_labels.get(attribute) if section else None
+    return template.replace("{value}", value) if template else value
+
+
+def option_name(question: Question, code: str, *, article: bool = True) -> str:
+    """An option as a sentence names it: a country with the article English needs, else its label."""
+    if question.options == ISO3166:
+        return market_name(code, article=article)
+    if question.kind == "scale":
+        return question.scale_label(int(code))
+    return question.option_label(code)
+
+
+def _nouns(wording: QuestionWording, default: str) -> tuple[str, str]:
+    singular = wording.noun or default
+    return singular, wording.nouns or (singular + "s")
+
+
+def _units(wording: QuestionWording) -> tuple[str, str] | None:
+    if not wording.unit:
+        return None
+    return wording.unit, wording.units or wording.unit + "s"
+
+
+def _counted(n: float | None, units: tuple[str, str] | None) -> str:
+    return count(n, *units) if units else number(n)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Paragraphs
 
 
 def build_narrative(report: IndicatorReport) -> list[Paragraph]:
-    paragraphs = [participation(report), *markets(report), *sme_involvement(report),
-                  cooperation(report), *new_questions(report), stories(report)]
-    return [p for p in paragraphs if p is not None]
+    """Participation, then each question in questionnaire order; questions sharing a ``section`` share one
+    paragraph."""
+    paragraphs = [participation(report)]
+    pending: tuple[str, list[str]] | None = None  # (section title, sentences)
+    for question in report.questionnaire.questions:
+        wording = report.questionnaire.wording(question.code)
+        produced = question_paragraphs(report, question)
+        if wording.section:
+            text = " ".join(p.text for p in produced if p.text)
+            if pending is not None and pending[0] == wording.section:
+                pending[1].append(text)
+            else:
+                if pending is not None:
+                    paragraphs.append(Paragraph("section", pending[0], " ".join(t for t in pending[1] if t)))
+                pending = (wording.section, [text])
+            continue
+        if pending is not None:
+            paragraphs.append(Paragraph("section", pending[0], " ".join(t for t in pending[1] if t)))
+            pending = None
+        paragraphs += produced
+    if pending is not None:
+        paragraphs.append(Paragraph("section", pending[0], " ".join(t for t in pending[1] if t)))
+    return [p for p in paragraphs if p.text or p.bullets]
+
+
+def question_paragraphs(report: IndicatorReport, question: Question) -> list[Paragraph]:
+    if question.is_select:
+        if report.questionnaire.wording(question.code).style == "by_group":
+            return by_group(report, question)
+        return ranked(report, question)
+    builders = {"yes_no": yes_no, "integer": numbers, "number": numbers, "scale": scale, "text": free_text}
+    paragraph = builders[question.kind](report, question)
+    return [paragraph] if paragraph is not None else []
+
+
+def question_title(report: IndicatorReport, question: Question) -> str:
+    return report.questionnaire.wording(question.code).title or question.label
+
+
+def _is_new(report: IndicatorReport, question: Question) -> bool:
+    return report.previous_year is not None and question.code in report.new_questions
+
+
+def _new_note(report: IndicatorReport) -> str:
+    return f" It was not asked in {report.previous_year}, so there is no change to report."
 
 
 def participation(report: IndicatorReport) -> Paragraph:
+    respondent = report.questionnaire.respondent
     consulted = report.value("consulted")
     responses = report.value("responses")
-    strands = []
-    for row in report.rows("responses").itertuples():
-        if pd.notna(row.strand):
+    groups = []
+    attributes = report.questionnaire.breakdown_by
+    if attributes:
+        rows = report.stat_rows(None, "responses")
+        for row in rows[rows["group"].str.startswith(attributes[0] + "=")].itertuples():
             of = "all" if row.value == row.denominator else f"{number(row.value)} of the"
-            strands.append(f"{of} {number(row.denominator)} Strand {row.strand} partnerships")
+            groups.append(f"{of} {number(row.denominator)} {group_label(report, row.group)} {respondent.plural}")
     text = (
-        f"The {number(consulted)} partnerships of the panel were consulted and {count(responses, 'response')} "
-        f"were collected, a response rate of {rate(responses, consulted)}"
+        f"The {number(consulted)} {respondent.plural} of the panel were consulted and "
+        f"{count(responses, 'response')} were collected, a response rate of {rate(responses, consulted)}"
     )
-    text += f": {join(strands)} responded." if strands else "."
-    previous = report.row("responses")
+    text += f": {join(groups)} responded." if groups else "."
+    previous = report.stat_row(None, "responses")
     if report.previous_year is not None and _value(previous, "previous_value") is not None:
         text += (
             f" In {report.previous_year}, {number(_value(previous, 'previous_value'))} of "
-            f"{number(_value(previous, 'previous_denominator'))} partnerships had responded."
+            f"{number(_value(previous, 'previous_denominator'))} {respondent.plural} had responded."
         )
     return Paragraph("participation", "Participation", text)
 
 
-def _rank_groups(rows: pd.DataFrame) -> list[tuple[int, float, list[str]]]:
-    """Ranked markets grouped by shared rank; names within a group in alphabetical order."""
-    ranked = rows[rows["rank"].notna()].copy()
-    ranked["name"] = [country_name(str(code)) for code in ranked["key"]]
-    ranked = ranked.sort_values(["rank", "name"])
+# --- select questions ------------------------------------------------------------------------------------------
+
+
+def _rank_groups(rows: pd.DataFrame, question: Question) -> list[tuple[int, float, list[str]]]:
+    """Ranked options grouped by shared rank; names within a group in alphabetical order."""
+    ranked_rows = rows[rows["rank"].notna()].copy()
+    ranked_rows["name"] = [option_name(question, str(code), article=False) for code in ranked_rows["key"]]
+    ranked_rows = ranked_rows.sort_values(["rank", "name"])
     groups = []
-    for rank, members in groupby(ranked.itertuples(), key=lambda r: int(r.rank)):
+    for rank, members in groupby(ranked_rows.itertuples(), key=lambda r: int(r.rank)):
         members = list(members)
         groups.append((rank, float(members[0].value), [str(m.key) for m in members]))
     return groups
 
 
-def _names(codes: list[str]) -> str:
-    return join([market_name(code) for code in codes])
+# The ranked sentence names rank groups until at least this many options are named.
+OPTIONS_NAMED = MARKETS_NAMED
 
 
-def _each(n: float, codes: list[str]) -> str:
-    return f"{count(n, 'partnership')}{' each' if len(codes) > 1 else ''}"
-
-
-def markets(report: IndicatorReport) -> list[Paragraph]:
-    rows = report.rows(MARKET_INDICATOR)
-    groups = _rank_groups(rows)
+def ranked(report: IndicatorReport, question: Question) -> list[Paragraph]:
+    """"X is the most selected market (8 partnerships); Y and Z share second place (7 partnerships each) ..."."""
+    respondent = report.questionnaire.respondent
+    wording = report.questionnaire.wording(question.code)
+    noun, nouns = _nouns(wording, "option")
+    rows = report.stat_rows(question.code, "count")
+    overall = rows[rows["group"] == ""]
+    groups = _rank_groups(overall, question)
+    title = question_title(report, question)
     if not groups:
-        return []
+        return [Paragraph(question.code, title, f"No {nouns} were selected.")]
+
+    def names(codes: list[str]) -> str:
+        return join([option_name(question, code) for code in codes])
+
+    def each(n: float, codes: list[str]) -> str:
+        return f"{count(n, respondent.singular, respondent.plural)}{' each' if len(codes) > 1 else ''}"
+
     named: list[tuple[int, float, list[str]]] = []
     for group in groups:
-        if sum(len(g[2]) for g in named) >= MARKETS_NAMED:
+        if sum(len(g[2]) for g in named) >= OPTIONS_NAMED:
             break
         named.append(group)
     rank, value, codes = named[0]
     if len(codes) == 1:
-        text = f"{capitalise(_names(codes))} is the most selected market ({_each(value, codes)})"
+        text = f"{capitalise(names(codes))} is the most selected {noun} ({each(value, codes)})"
     else:
-        text = f"{capitalise(_names(codes))} are the most selected markets ({_each(value, codes)})"
+        text = f"{capitalise(names(codes))} are the most selected {nouns} ({each(value, codes)})"
     if len(named) > 1:
         rank, value, codes = named[1]
         if len(codes) == 1:
-            text += f", {_names(codes)} the {ordinal(rank)} ({_each(value, codes)})"
+            text += f", {names(codes)} the {ordinal(rank)} ({each(value, codes)})"
         else:
-            text += f"; {_names(codes)} share {ordinal(rank)} place ({_each(value, codes)})"
-    rest = [f"{_names(codes)} ({_each(value, codes)})" for _rank, value, codes in named[2:]]
+            text += f"; {names(codes)} share {ordinal(rank)} place ({each(value, codes)})"
+    rest = [f"{names(codes)} ({each(value, codes)})" for _rank, value, codes in named[2:]]
     if rest:
         text += ", followed by " + join(rest)
     text += "."
-    distinct = report.value("markets_distinct")
-    selections = report.row("market_selections")
+    distinct = report.stat_row(question.code, "distinct")
+    selections = report.stat_row(question.code, "selections")
     if distinct is not None and selections is not None:
         text += (
-            f" In all, {count(distinct, 'market')} were selected ({count(_value(selections), 'selection')} by "
-            f"{count(_value(selections, 'denominator'), 'responding partnership')})."
+            f" In all, {count(_value(distinct), noun, nouns)} were selected ({count(_value(selections), 'selection')} "
+            f"by {count(_value(selections, 'denominator'), 'responding ' + respondent.singular, 'responding ' + respondent.plural)})."
         )
-        others = [g for g in groups[len(named):]]
-        if others:
-            text += f" No other market was selected by more than {count(others[0][1], 'partnership')}."
-    paragraph = Paragraph("markets", "Key markets targeted for international cooperation", text.strip())
-    if report.previous_year is None:
+    others = groups[len(named):]
+    if others:
+        text += (f" No other {noun} was selected by more than "
+                 f"{count(others[0][1], respondent.singular, respondent.plural)}.")
+    elif distinct is None:
+        base = _value(overall.iloc[0], "denominator") if not overall.empty else None
+        text += f" Base: {count(base, 'responding ' + respondent.singular, 'responding ' + respondent.plural)}."
+    if _is_new(report, question):
+        text += _new_note(report)
+    paragraph = Paragraph(question.code, title, text.strip())
+    if report.previous_year is None or _is_new(report, question):
         return [paragraph]
-    return [paragraph, Paragraph("markets", "", _market_changes(report, rows))]
+    changes = _option_changes(report, question, overall, noun, nouns)
+    return [paragraph, Paragraph(question.code, "", changes)] if changes else [paragraph]
 
 
-def _market_changes(report: IndicatorReport, rows: pd.DataFrame) -> str:
+def _option_changes(report: IndicatorReport, question: Question, rows: pd.DataFrame, noun: str, nouns: str) -> str:
+    respondent = report.questionnaire.respondent
     year = report.previous_year
     sentences = []
+
+    def names(codes: list[str]) -> str:
+        return join([option_name(question, code) for code in codes])
+
+    def counted(n: float | None) -> str:
+        return count(n, respondent.singular, respondent.plural)
+
     top_now = rows[rows["rank"] == 1]
     top_before = rows[rows["previous_rank"] == 1]
     now_codes = sorted(str(c) for c in top_now["key"])
@@ -261,134 +384,194 @@ def _market_changes(report: IndicatorReport, rows: pd.DataFrame) -> str:
             now, before = _value(r), _value(r, "previous_value")
             trend = f"as in {year}" if now == before else f"{'up' if (now or 0) > (before or 0) else 'down'} from " \
                 f"{number(before)}"
-            parts.append(f"{count(now, 'partnership')}, {trend}")
+            parts.append(f"{counted(now)}, {trend}")
         verb = "remains" if len(now_codes) == 1 else "remain"
-        sentences.append(f"Compared with {year}, {_names(now_codes)} {verb} the most selected ({'; '.join(parts)}).")
+        sentences.append(f"Compared with {year}, {names(now_codes)} {verb} the most selected ({'; '.join(parts)}).")
     elif now_codes and before_codes:
-        sentences.append(f"Compared with {year}, {_names(now_codes)} "
-                         f"{'has' if len(now_codes) == 1 else 'have'} replaced {_names(before_codes)} "
+        sentences.append(f"Compared with {year}, {names(now_codes)} "
+                         f"{'has' if len(now_codes) == 1 else 'have'} replaced {names(before_codes)} "
                          f"as the most selected.")
     movers = rows[rows["rank_change"].notna() & (rows["rank_change"] != 0)].copy()
     movers["size"] = movers["rank_change"].abs()
     ups = movers[movers["rank_change"] > 0].sort_values(["size", "key"], ascending=[False, True]).head(2)
     downs = movers[movers["rank_change"] < 0].sort_values(["size", "key"], ascending=[False, True]).head(2)
     moves = [
-        f"{market_name(str(r.key))} moved {'up' if r.rank_change > 0 else 'down'} from {place(int(r.previous_rank))} "
-        f"to {place(int(r.rank))} place ({count(r.value, 'partnership')}, against {number(r.previous_value)} "
-        f"in {year})"
+        f"{option_name(question, str(r.key))} moved {'up' if r.rank_change > 0 else 'down'} from "
+        f"{place(int(r.previous_rank))} to {place(int(r.rank))} place ({counted(r.value)}, against "
+        f"{number(r.previous_value)} in {year})"
         for r in [*ups.itertuples(), *downs.itertuples()]
     ]
     if moves:
         sentences.append(capitalise("; ".join(moves)) + ".")
     added = rows[rows["comparison"] == "added"].sort_values(["value", "key"], ascending=[False, True])
     if not added.empty:
-        items = [f"{market_name(str(r.key))} ({count(r.value, 'partnership')})" for r in added.itertuples()]
-        sentences.append(f"New market{'s' if len(items) > 1 else ''} this year, not selected in {year}: "
+        items = [f"{option_name(question, str(r.key))} ({counted(r.value)})" for r in added.itertuples()]
+        sentences.append(f"New {noun if len(items) == 1 else nouns} this year, not selected in {year}: "
                          f"{join(items)}.")
     dropped = rows[rows["comparison"] == "dropped"].sort_values(["previous_value", "key"], ascending=[False, True])
     if not dropped.empty:
-        items = [f"{market_name(str(r.key))} ({count(r.previous_value, 'partnership')} in {year})"
+        items = [f"{option_name(question, str(r.key))} ({counted(r.previous_value)} in {year})"
                  for r in dropped.itertuples()]
         sentences.append(f"No longer selected: {join(items)}.")
     return " ".join(sentences)
 
 
-def _sme_chosen(strand_rows: pd.DataFrame) -> pd.DataFrame:
-    """As the report does: the activities at least half of the strand chose, and never fewer than three."""
-    strand_rows = strand_rows.sort_values(["value", "key"], ascending=[False, True])
-    n = _value(strand_rows.iloc[0], "denominator") or 0
-    chosen = strand_rows[strand_rows["value"] >= n / 2]
+def _chosen_most(group_rows: pd.DataFrame) -> pd.DataFrame:
+    """As the ECCP report does: the options at least half of the group chose, and never fewer than three."""
+    group_rows = group_rows.sort_values(["value", "key"], ascending=[False, True])
+    n = _value(group_rows.iloc[0], "denominator") or 0
+    chosen = group_rows[group_rows["value"] >= n / 2]
     if len(chosen) < 3:
-        third = strand_rows.iloc[min(2, len(strand_rows) - 1)]["value"]
-        chosen = strand_rows[(strand_rows["value"] >= third) & (strand_rows["value"] > 0)]
+        third = group_rows.iloc[min(2, len(group_rows) - 1)]["value"]
+        chosen = group_rows[(group_rows["value"] >= third) & (group_rows["value"] > 0)]
     return chosen
 
 
-def sme_involvement(report: IndicatorReport) -> list[Paragraph]:
-    """One paragraph per strand, the activities as bullets: "SME members from Strand 1 partnerships (13
-    responding partnerships) have been mostly involved in: Establishment of business contacts (8 partnerships)"."""
-    rows = report.rows("sme_involvement")
-    if rows.empty:
-        return []
-    question = report.questionnaire.question(str(rows["question"].iloc[0]))
+def by_group(report: IndicatorReport, question: Question) -> list[Paragraph]:
+    """One paragraph per value of the first breakdown attribute, the options chosen most as bullets: "Large
+    clusters (13 responding clusters) chose most often: Partner search (8 clusters)". Template fields of
+    ``intro``: group, responding, plural, singular."""
+    respondent = report.questionnaire.respondent
+    wording = report.questionnaire.wording(question.code)
+    attributes = report.questionnaire.breakdown_by
+    if not attributes:
+        return ranked(report, question)
+    rows = report.stat_rows(question.code, "count")
+    rows = rows[rows["group"].str.startswith(attributes[0] + "=")]
     paragraphs = []
-    for strand, strand_rows in rows[rows["strand"].notna()].groupby("strand", sort=True):
-        n = _value(strand_rows.iloc[0], "denominator") or 0
+    for group, group_rows in rows.groupby("group", sort=False):
+        n = _value(group_rows.iloc[0], "denominator") or 0
+        if not n:
+            continue
         items = []
-        for r in _sme_chosen(strand_rows).itertuples():
-            item = f"{question.option_label(str(r.key))} ({count(r.value, 'partnership')}"
+        for r in _chosen_most(group_rows).itertuples():
+            item = f"{option_name(question, str(r.key))} ({count(r.value, respondent.singular, respondent.plural)}"
             if r.comparison in ("comparable", "added") and pd.notna(r.previous_value) and r.previous_denominator:
                 item += f"; {number(r.previous_value)} of {number(r.previous_denominator)} in {report.previous_year}"
             elif r.comparison == "new":
                 item += "; new option"
             items.append(item + ")")
-        adverb = "mostly" if strand == 1 else "strongly"
-        text = (f"SME members from Strand {strand} partnerships ({count(n, 'responding partnership')}) "
-                f"have been {adverb} involved in:")
-        title = "" if paragraphs else "SME involvement"
-        paragraphs.append(Paragraph("sme_involvement", title, text, tuple(items)))
-    return paragraphs
+        value = str(group).partition("=")[2]
+        intro = wording.intro
+        template = (intro.get(value) or intro.get("*")) if isinstance(intro, dict) else intro
+        fields = {"group": group_label(report, str(group)), "plural": respondent.plural,
+                  "singular": respondent.singular,
+                  "responding": count(n, "responding " + respondent.singular, "responding " + respondent.plural)}
+        text = fill(template or "{group} {plural} ({responding}) chose most often:", fields)
+        title = "" if paragraphs else question_title(report, question)
+        paragraphs.append(Paragraph(question.code, title, capitalise(text), tuple(items)))
+    return paragraphs or ranked(report, question)
 
 
-def cooperation(report: IndicatorReport) -> Paragraph | None:
-    total = report.row("cooperation_agreements_total")
-    sentences = []
-    if total is not None:
-        by_strand = [f"{number(r.value)} by Strand {r.strand}" for r in
-                     report.rows("cooperation_agreements_total").itertuples()
-                     if pd.notna(r.strand) and pd.notna(r.value)]
-        text = (f"A total of {count(_value(total), 'cooperation agreement')} "
-                f"{'has' if _value(total) == 1 else 'have'} been signed by the "
-                f"{count(_value(total, 'denominator'), 'partnership')} that responded to this consultation "
-                f"(mean {number(report.value('cooperation_agreements_mean'))}, median "
-                f"{number(report.value('cooperation_agreements_median'))} per partnership")
-        text += f"; {join(by_strand)} partnerships)" if by_strand else ")"
-        change = change_in_counts(_value(total), _value(total, "previous_value"), report.previous_year, "")
-        sentences.append(text + (f", {change}." if change else "."))
-    missions = report.row("business_missions_planned_yes")
-    if missions is not None:
-        yes, n = _value(missions), _value(missions, "denominator")
-        ratio = (yes or 0) / n if n else 0
-        who = ("Most partnerships" if ratio > 0.5 else "Half of the partnerships" if ratio == 0.5
-               else "A minority of partnerships")
-        detail = f"{share(yes, n)} respondents" + (", more than half" if ratio > 0.5 else "")
-        text = f"{who} plan business missions to countries beyond Europe next year: {detail}"
-        change = change_in_share(yes, n, _value(missions, "previous_value"),
-                                 _value(missions, "previous_denominator"), report.previous_year)
-        sentences.append(text + (f", {change}." if change else "."))
-    members = report.row("sme_members_total")
-    if members is not None:
-        text = (f"{count(_value(members), 'SME member')} {'is' if _value(members) == 1 else 'are'} actively "
-                f"involved in the responding partnerships (mean {number(report.value('sme_members_mean'))}, "
-                f"median {number(report.value('sme_members_median'))} per partnership)")
-        change = change_in_counts(_value(members), _value(members, "previous_value"), report.previous_year, "")
-        sentences.append(capitalise(text) + (f", {change}." if change else "."))
-    if not sentences:
+# --- yes/no, numbers, scales, text -----------------------------------------------------------------------------
+
+
+def yes_no(report: IndicatorReport, question: Question) -> Paragraph | None:
+    """Template fields: label, share ("14 of 19 (73.7%)"), who ("Most partnerships"), more_than_half, plural."""
+    row = report.stat_row(question.code, "yes")
+    if row is None:
         return None
-    return Paragraph("cooperation", "Cooperation agreements and business missions", " ".join(sentences))
+    respondent = report.questionnaire.respondent
+    yes, n = _value(row), _value(row, "denominator")
+    ratio = (yes or 0) / n if n else 0
+    plural = respondent.plural
+    who = (f"Most {plural}" if ratio > 0.5 else f"Half of the {plural}" if ratio == 0.5
+           else f"A minority of {plural}")
+    fields = {"label": question.label, "share": share(yes, n), "who": who, "plural": plural,
+              "more_than_half": ", more than half" if ratio > 0.5 else ""}
+    template = report.questionnaire.wording(question.code).sentence
+    text = fill(template or "\u201c{label}\u201d: yes for {share} {plural} that answered", fields)
+    if _is_new(report, question):
+        return Paragraph(question.code, question_title(report, question),
+                         f"New question in {report.year}, {text}." + _new_note(report))
+    change = change_in_share(yes, n, _value(row, "previous_value"), _value(row, "previous_denominator"),
+                             report.previous_year)
+    return Paragraph(question.code, question_title(report, question), capitalise(text) + (f", {change}." if change else "."))
 
 
-def new_questions(report: IndicatorReport) -> list[Paragraph]:
-    """Questions asked for the first time: their figures, explicitly not compared."""
-    paragraphs = []
-    for code in report.new_questions:
-        question = report.questionnaire.question(code)
-        rows = report.table[(report.table["question"] == code) & report.table["indicator"].str.endswith("_yes")]
-        if rows.empty:
-            continue
-        row = rows.iloc[0]
-        text = (f"New question in {report.year}, \u201c{question.label}\u201d: yes for "
-                f"{share(_value(row), _value(row, 'denominator'))} partnerships that answered. ")
-        if report.previous_year is not None:
-            text += f"It was not asked in {report.previous_year}, so there is no change to report."
-        paragraphs.append(Paragraph("new_question", question.label, text.strip()))
-    return paragraphs
+def _by_group_part(report: IndicatorReport, question: Question, stat: str) -> str:
+    attributes = report.questionnaire.breakdown_by
+    if not attributes:
+        return ""
+    rows = report.stat_rows(question.code, stat)
+    rows = rows[rows["group"].str.startswith(attributes[0] + "=") & rows["value"].notna()]
+    items = [f"{number(r.value)} by {group_label(report, r.group)}" for r in rows.itertuples()]
+    return f"; {join(items)} {report.questionnaire.respondent.plural}" if items else ""
 
 
-def stories(report: IndicatorReport) -> Paragraph | None:
-    if not report.stories:
+def numbers(report: IndicatorReport, question: Question) -> Paragraph | None:
+    """Template fields: label, total, total_counted ("21 cooperation agreements", with the question's ``unit``),
+    has_have, is_are, answered_counted ("19 partnerships"), mean, median, singular, plural, by_group_part
+    ("; 15 by large and 6 by small clusters")."""
+    total = report.stat_row(question.code, "sum")
+    if total is None:
         return None
-    names = [story.acronym or story.partnership_name for story in report.stories]
-    text = (f"{count(len(report.stories), 'partnership')} shared a success story ({join(names)}); "
-            f"{'it is' if len(names) == 1 else 'they are'} quoted at the end of this summary.")
-    return Paragraph("stories", "Success stories", text)
+    respondent = report.questionnaire.respondent
+    wording = report.questionnaire.wording(question.code)
+    value = _value(total)
+    fields = {
+        "label": question.label, "total": number(value), "total_counted": _counted(value, _units(wording)),
+        "has_have": "has" if value == 1 else "have", "is_are": "is" if value == 1 else "are",
+        "answered_counted": count(_value(total, "denominator"), respondent.singular, respondent.plural),
+        "mean": number(_value(report.stat_row(question.code, "mean"))),
+        "median": number(_value(report.stat_row(question.code, "median"))),
+        "singular": respondent.singular, "plural": respondent.plural,
+        "by_group_part": _by_group_part(report, question, "sum"),
+    }
+    text = fill(wording.sentence or "\u201c{label}\u201d: {total_counted} in all from the {answered_counted} that "
+                "answered (mean {mean}, median {median} per {singular}{by_group_part})", fields)
+    text = capitalise(text)
+    if _is_new(report, question):
+        return Paragraph(question.code, question_title(report, question), f"New question in {report.year}: {text}."
+                         + _new_note(report))
+    change = change_in_counts(value, _value(total, "previous_value"), report.previous_year, "")
+    return Paragraph(question.code, question_title(report, question), text + (f", {change}." if change else "."))
+
+
+def scale(report: IndicatorReport, question: Question) -> Paragraph | None:
+    """Template fields: label, mean, median, low, high (the ends of the scale as worded), answered_counted,
+    distribution ("5 - Very satisfied: 4 of 20 (20.0%); ...", highest value first), plural."""
+    mean = report.stat_row(question.code, "mean")
+    if mean is None:
+        return None
+    respondent = report.questionnaire.respondent
+    values = report.stat_rows(question.code, "count")
+    values = values[values["group"] == ""]
+    n = _value(mean, "denominator")
+    distribution = "; ".join(f"{question.scale_label(int(r.key))}: {share(r.value, r.denominator)}"
+                             for r in values.sort_values("position", ascending=False).itertuples()
+                             if r.value and r.value > 0)
+    fields = {"label": question.label, "mean": number(_value(mean)),
+              "median": number(_value(report.stat_row(question.code, "median"))),
+              "low": question.scale_label(question.scale_values[0]),
+              "high": question.scale_label(question.scale_values[-1]),
+              "answered_counted": count(n, respondent.singular, respondent.plural),
+              "distribution": distribution or "no answers", "plural": respondent.plural}
+    template = report.questionnaire.wording(question.code).sentence
+    text = capitalise(fill(template or "\u201c{label}\u201d ({low} to {high}): a mean of {mean} and a median of "
+                           "{median} from {answered_counted} that answered ({distribution})", fields))
+    if _is_new(report, question):
+        return Paragraph(question.code, question_title(report, question), f"New question in {report.year}: {text}."
+                         + _new_note(report))
+    previous = _value(mean, "previous_value")
+    if report.previous_year is not None and previous is not None:
+        text += f", against a mean of {number(previous)} in {report.previous_year}"
+        if n is not None and n < SMALL_BASE:
+            text += f" ({number(_value(mean, 'previous_denominator'))} answered)"
+    return Paragraph(question.code, question_title(report, question), text + ".")
+
+
+def free_text(report: IndicatorReport, question: Question) -> Paragraph | None:
+    """Template fields: label, respondents ("3 partnerships"), names (their acronyms or names), quoted ("they are
+    quoted at the end of this summary")."""
+    stories = [story for story in report.stories if story.question == question.code]
+    if not stories:
+        return None
+    respondent = report.questionnaire.respondent
+    names = [story.acronym or story.partnership_name for story in stories]
+    fields = {"label": question.label, "names": join(names),
+              "respondents": count(len(stories), respondent.singular, respondent.plural),
+              "quoted": f"{'it is' if len(names) == 1 else 'they are'} quoted at the end of this summary"}
+    template = report.questionnaire.wording(question.code).sentence
+    text = fill(template or "{respondents} answered \u201c{label}\u201d ({names}); {quoted}", fields)
+    return Paragraph(question.code, question_title(report, question), capitalise(text) + ".")

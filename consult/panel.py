@@ -1,4 +1,10 @@
-"""The panel: partnerships and their contacts, imported from a CSV file (one row per contact)."""
+"""The panel: partnerships and their contacts, imported from a CSV file (one row per contact).
+
+Required columns: ``partnership_id``, ``name``, ``contact_email``. Contact data: ``contact_first_name``,
+``contact_last_name``, ``language``. Every other column (``acronym``, ``country``, ``sector``, ``size``, ...) is an
+attribute of the partnership, kept as given (trimmed), in the file's column order; questionnaires break their
+indicators down by them (``breakdown_by``). A ``country`` column must hold ISO 3166-1 alpha-2 codes.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +21,9 @@ from sqlalchemy.orm import Session
 from consult.errors import ConsultError
 from db.models import Contact, Partnership
 
-REQUIRED_COLUMNS = ("partnership_id", "name", "strand", "country", "contact_email")
-OPTIONAL_COLUMNS = ("acronym", "contact_first_name", "contact_last_name", "language")
+REQUIRED_COLUMNS = ("partnership_id", "name", "contact_email")
+CONTACT_COLUMNS = ("contact_first_name", "contact_last_name", "language")
+_ATTRIBUTE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 # Deliberately strict: one @, a dotted domain, no spaces, quotes, angle brackets or line breaks, so that an
 # address can be put in a mail header as it is.
@@ -30,15 +37,14 @@ class PanelImportReport:
     partnerships_updated: int
     contacts_added: int
     partnerships_total: int
+    attributes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class _Row:
     code: str
     name: str
-    acronym: str | None
-    strand: int
-    country: str
+    attributes: dict[str, str]
     language: str
     first_name: str
     last_name: str
@@ -58,13 +64,18 @@ def read_panel_file(path: Path) -> list[_Row]:
     except UnicodeDecodeError:
         raise ConsultError(f"{path}: not UTF-8 text; save the panel as CSV UTF-8") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or [])]
+    columns = [(name or "").strip() for name in reader.fieldnames or []]
+    missing = [column for column in REQUIRED_COLUMNS if column not in columns]
     if missing:
         raise ConsultError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(REQUIRED_COLUMNS)}")
+    reader.fieldnames = columns
+    attribute_columns = attribute_names(path, columns)
     rows: list[_Row] = []
     seen_emails: dict[tuple[str, str], int] = {}
     for line, record in enumerate(reader, start=2):
-        rows.append(_parse_row(path, line, record))
+        if None in record:
+            raise ConsultError(f"{path}, row {line}: more cells than the header has columns")
+        rows.append(_parse_row(path, line, record, attribute_columns))
         key = (rows[-1].code, rows[-1].email.lower())
         if key in seen_emails:
             raise ConsultError(f"{path}, row {line}: contact {rows[-1].email} repeats row {seen_emails[key]}")
@@ -74,7 +85,20 @@ def read_panel_file(path: Path) -> list[_Row]:
     return rows
 
 
-def _parse_row(path: Path, line: int, record: dict[str, str | None]) -> _Row:
+def attribute_names(path: Path, columns: list[str]) -> list[str]:
+    """The panel's attribute columns in file order; a heading that cannot name an attribute is refused."""
+    names = [column for column in columns if column not in REQUIRED_COLUMNS and column not in CONTACT_COLUMNS]
+    seen: set[str] = set()
+    for name in names:
+        if not _ATTRIBUTE_NAME.fullmatch(name):
+            raise ConsultError(f"{path}: column {name!r} is not an attribute name (lower-case letters, digits, _)")
+        if name in seen:
+            raise ConsultError(f"{path}: column {name!r} appears twice")
+        seen.add(name)
+    return names
+
+
+def _parse_row(path: Path, line: int, record: dict[str, str | None], attribute_columns: list[str]) -> _Row:
     def cell(column: str) -> str:
         value = (record.get(column) or "").strip()
         if _CONTROL.search(value):
@@ -87,18 +111,16 @@ def _parse_row(path: Path, line: int, record: dict[str, str | None]) -> _Row:
         raise ConsultError(f"{where}: partnership_id and name are required")
     if not is_valid_email(email):
         raise ConsultError(f"{where}: invalid email address {email!r}")
-    strand = cell("strand")
-    if strand not in ("1", "2"):
-        raise ConsultError(f"{where}: strand must be 1 or 2, got {strand!r}")
-    country = cell("country").upper()
-    if pycountry.countries.get(alpha_2=country) is None:
-        raise ConsultError(f"{where}: country {country!r} is not an ISO 3166-1 alpha-2 code")
+    attributes = {column: cell(column) for column in attribute_columns}
+    if "country" in attributes:
+        country = attributes["country"].upper()
+        if pycountry.countries.get(alpha_2=country) is None:
+            raise ConsultError(f"{where}: country {country!r} is not an ISO 3166-1 alpha-2 code")
+        attributes["country"] = country
     return _Row(
         code=code,
         name=name,
-        acronym=cell("acronym") or None,
-        strand=int(strand),
-        country=country,
+        attributes={column: value for column, value in attributes.items() if value},
         language=cell("language") or "en",
         first_name=cell("contact_first_name"),
         last_name=cell("contact_last_name"),
@@ -116,16 +138,16 @@ def import_panel(session: Session, path: Path) -> PanelImportReport:
     for row in rows:
         partnership = existing.get(row.code)
         if partnership is None:
-            partnership = Partnership(code=row.code, name=row.name, acronym=row.acronym, strand=row.strand,
-                                      country=row.country, language=row.language, active=True)
+            partnership = Partnership(code=row.code, name=row.name, attributes=row.attributes,
+                                      language=row.language, active=True)
             session.add(partnership)
             session.flush()
             existing[row.code] = partnership
             added += 1
         elif row.code not in touched:
-            changes = {"name": row.name, "acronym": row.acronym, "strand": row.strand, "country": row.country,
-                       "language": row.language}
-            if any(getattr(partnership, field) != value for field, value in changes.items()):
+            changes = {"name": row.name, "attributes": row.attributes, "language": row.language}
+            # Attribute order matters (the file's column order), so they compare as lists of pairs.
+            if any(_comparable(getattr(partnership, field)) != _comparable(value) for field, value in changes.items()):
                 for field, value in changes.items():
                     setattr(partnership, field, value)
                 updated += 1
@@ -136,4 +158,23 @@ def import_panel(session: Session, path: Path) -> PanelImportReport:
             contacts.add((partnership.id, row.email.lower()))
             contacts_added += 1
     session.flush()
-    return PanelImportReport(added, updated, contacts_added, len(existing))
+    names = tuple(dict.fromkeys(name for row in rows for name in row.attributes))
+    return PanelImportReport(added, updated, contacts_added, len(existing), names)
+
+
+def panel_listing(session: Session) -> tuple[list[str], list[list[str]]]:
+    """The panel as a table: partnership_id, name, active contacts, then every attribute any partnership has
+    (in the order they first appear)."""
+    partnerships = session.scalars(select(Partnership).order_by(Partnership.code)).all()
+    contacts: dict[int, int] = {}
+    for partnership_id in session.scalars(select(Contact.partnership_id).where(Contact.status == "active")):
+        contacts[partnership_id] = contacts.get(partnership_id, 0) + 1
+    names = list(dict.fromkeys(name for p in partnerships for name in (p.attributes or {})))
+    header = ["partnership_id", "name", "contacts", *names]
+    rows = [[p.code, p.name, str(contacts.get(p.id, 0)), *[(p.attributes or {}).get(n, "") for n in names]]
+            for p in partnerships]
+    return header, rows
+
+
+def _comparable(value: object) -> object:
+    return list(value.items()) if isinstance(value, dict) else value

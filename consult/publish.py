@@ -21,9 +21,21 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from sqlalchemy.orm import Session
 
 from consult.errors import ConsultError
-from consult.indicators import MARKET_INDICATOR, TABLE_COLUMNS, IndicatorReport, format_number
-from consult.narrative import SMALL_BASE, Paragraph, build_narrative, count, number, percent, rate
-from consult.questionnaire import country_name
+from consult.indicators import TABLE_COLUMNS, IndicatorReport, format_number
+from consult.narrative import (
+    SMALL_BASE,
+    Paragraph,
+    build_narrative,
+    count,
+    group_label,
+    lower_first,
+    number,
+    option_name,
+    percent,
+    question_title,
+    rate,
+)
+from consult.questionnaire import ISO3166, Question, country_name
 from consult.rounds import get_round, neutralise_cell
 from consult.settings import TEMPLATES_DIR
 from db.models import Publication
@@ -146,7 +158,7 @@ class SummaryContext:
     paragraphs: list[Paragraph]
     charts: list[Chart]
     tables: list[Table]
-    stories: list[dict[str, str]]
+    quotes: list[dict[str, object]]  # per free-text question: title, id, items (text, by, group)
     files: dict[str, str] = field(default_factory=dict)
 
 
@@ -187,36 +199,49 @@ def _value_text(row: pd.Series, unit: str, column: str = "value", denominator: s
     return number(value)
 
 
+def _overview_default(report: IndicatorReport) -> list[tuple[str | None, str]]:
+    """(question, stat) of the overview rows when the questionnaire does not list them: a headline figure or
+    three per question, in questionnaire order."""
+    wanted: list[tuple[str | None, str]] = [(None, "consulted"), (None, "responses"), (None, "response_rate")]
+    headline = {"multi_select": ("distinct", "new", "dropped"), "single_select": ("new", "dropped"),
+                "yes_no": ("yes_share",), "integer": ("sum", "mean", "median"), "number": ("sum", "mean", "median"),
+                "scale": ("mean", "median"), "text": ("answered",)}
+    for question in report.questionnaire.questions:
+        wanted += [(question.code, stat) for stat in headline[question.kind]]
+    return wanted
+
+
+def _label(row: pd.Series) -> str:
+    return str(row["label"]) if isinstance(row["label"], str) else str(row["indicator"])
+
+
 def overview_table(report: IndicatorReport) -> Table:
-    spec = [
-        ("consulted", "", "Partnerships consulted", "count"),
-        ("responses", "", "Responses collected", "count"),
-        ("response_rate", "", "Response rate", "percent"),
-    ]
-    strands = sorted(int(s) for s in report.rows("response_rate")["strand"].dropna().unique())
-    spec += [("response_rate", f"strand={s}", f"Response rate, Strand {s}", "percent") for s in strands]
-    spec += [
-        ("cooperation_agreements_total", "", "Cooperation agreements signed", "count"),
-        ("cooperation_agreements_mean", "", "Cooperation agreements per partnership (mean)", "number"),
-        ("cooperation_agreements_median", "", "Cooperation agreements per partnership (median)", "number"),
-        ("business_missions_planned_share", "", "Planning business missions beyond Europe", "percent"),
-        ("sme_members_total", "", "SME members actively involved", "count"),
-        ("sme_members_mean", "", "SME members per partnership (mean)", "number"),
-        ("sme_members_median", "", "SME members per partnership (median)", "number"),
-        ("markets_distinct", "", "Distinct markets selected", "count"),
-        ("markets_new", "", "New markets (not selected the previous round)", "count"),
-        ("markets_dropped", "", "Markets no longer selected", "count"),
-        ("success_stories", "", "Success stories shared", "count"),
-    ]
-    for code in report.questionnaire.codes:
-        if f"{code}_share" in set(report.table["indicator"]) and code not in ("business_missions_planned",):
-            label = report.questionnaire.question(code).label
-            spec.append((f"{code}_share", "", label, "percent"))
+    respondent = report.questionnaire.respondent
+    section = report.questionnaire.indicators
+    rows_wanted: list[pd.Series] = []
+    if section is not None and section.overview is not None:
+        for name in section.overview:
+            found = report.row(name)
+            if found is not None:
+                rows_wanted.append(found)
+    else:
+        for question, stat in _overview_default(report):
+            found = report.stat_row(question, stat)
+            if found is not None:
+                rows_wanted.append(found)
+    # The response rate of each breakdown group, after the overall one.
+    position = next((i + 1 for i, r in enumerate(rows_wanted) if r["stat"] == "response_rate"), len(rows_wanted))
+    groups = report.stat_rows(None, "response_rate")
+    group_rows = [r for _, r in groups[groups["group"] != ""].iterrows()]
+    rows_wanted[position:position] = group_rows
     rows = []
-    for indicator, dimension, label, unit in spec:
-        row = report.row(indicator, dimension)
-        if row is None or (report.previous_year is None and indicator in ("markets_new", "markets_dropped")):
+    for row in rows_wanted:
+        if row["hidden"] or (report.previous_year is None and row["stat"] in ("new", "dropped")):
             continue
+        unit = str(row["unit"]) if isinstance(row["unit"], str) else "count"
+        label = _label(row)
+        if row["group"]:
+            label += f", {group_label(report, str(row['group']))}"
         cells = [Cell(label), Cell(_value_text(row, unit), "num")]
         if report.previous_year is not None:
             cells += [Cell(_value_text(row, unit, "previous_value", "previous_denominator"), "num"),
@@ -225,162 +250,234 @@ def overview_table(report: IndicatorReport) -> Table:
     columns = [Cell("Indicator"), Cell(str(report.year), "num")]
     if report.previous_year is not None:
         columns += [Cell(str(report.previous_year), "num"), Cell("Change", "num")]
-    note = "Percentages show their denominator: responding (or answering) partnerships."
+    note = f"Percentages show their denominator: responding (or answering) {respondent.plural}."
     if report.previous_year is not None:
         note += " Percentage changes are given only on a base of at least " \
                 f"{SMALL_BASE}; \u201cpts\u201d are percentage points."
     return Table("overview", "Overview", tuple(columns), tuple(rows), note)
 
 
-def markets_table(report: IndicatorReport) -> Table | None:
-    rows = report.rows(MARKET_INDICATOR)
+def _option_text(question: Question, code: str) -> str:
+    if question.options == ISO3166:
+        return f"{country_name(code)} ({code})"
+    return option_name(question, code, article=False)
+
+
+def options_table(report: IndicatorReport, question: Question) -> Table | None:
+    """A select or scale question's options: respondents choosing each, share, rank (selects) and changes."""
+    rows = report.stat_rows(question.code, "count")
+    rows = rows[rows["group"] == ""]
     if rows.empty:
         return None
+    respondent = report.questionnaire.respondent
     has_previous = report.previous_year is not None
-    columns = [Cell("Rank", "num"), Cell("Market"), Cell("Partnerships", "num"), Cell("Share of respondents", "num")]
+    is_select = question.is_select
+    columns = ([Cell("Rank", "num")] if is_select else []) + [
+        Cell("Answer"), Cell(respondent.plural.capitalize(), "num"), Cell("Share of those answering", "num")]
     if has_previous:
-        columns += [Cell(str(report.previous_year), "num"), Cell("Change", "num"),
-                    Cell(f"Rank {report.previous_year}", "num"), Cell("Rank change", "num")]
+        columns += [Cell(str(report.previous_year), "num"), Cell("Change", "num")]
+        if is_select:
+            columns += [Cell(f"Rank {report.previous_year}", "num"), Cell("Rank change", "num")]
     body = []
     for _, row in rows.iterrows():
         rank = _v(row["rank"])
-        cells = [Cell("" if rank is None else str(int(rank)), "num"),
-                 Cell(f"{country_name(str(row['key']))} ({row['key']})"),
-                 Cell(number(_v(row["value"])), "num"),
-                 Cell(rate(_v(row["value"]), _v(row["denominator"])), "num")]
+        cells = [Cell("" if rank is None else str(int(rank)), "num")] if is_select else []
+        label = _option_text(question, str(row["key"]))
+        previous_code = question.previous_option_code(str(row["key"])) if is_select else str(row["key"])
+        if previous_code != str(row["key"]):
+            label += f" (was \u201c{previous_code}\u201d)"
+        cells += [Cell(label), Cell(number(_v(row["value"])), "num"),
+                  Cell(rate(_v(row["value"]), _v(row["denominator"])), "num")]
         if has_previous:
-            previous_rank = _v(row["previous_rank"])
-            rank_change = _v(row["rank_change"])
-            if rank_change is None:
-                move = Cell("", "num")
-            elif rank_change == 0:
-                move = Cell("=", "num")
-            else:
-                arrow = "\u25b2" if rank_change > 0 else "\u25bc"
-                move = Cell(f"{arrow} {abs(int(rank_change))}", "num up" if rank_change > 0 else "num down")
-            cells += [Cell(_value_text(row, "count", "previous_value"), "num"), change_cell(row),
-                      Cell("" if previous_rank is None else str(int(previous_rank)), "num"), move]
+            cells += [Cell(_value_text(row, "count", "previous_value"), "num"), change_cell(row)]
+            if is_select:
+                previous_rank = _v(row["previous_rank"])
+                rank_change = _v(row["rank_change"])
+                if rank_change is None:
+                    move = Cell("", "num")
+                elif rank_change == 0:
+                    move = Cell("=", "num")
+                else:
+                    arrow = "\u25b2" if rank_change > 0 else "\u25bc"
+                    move = Cell(f"{arrow} {abs(int(rank_change))}", "num up" if rank_change > 0 else "num down")
+                cells += [Cell("" if previous_rank is None else str(int(previous_rank)), "num"), move]
         body.append(tuple(cells))
-    note = "Number of responding partnerships selecting each market; tied markets share a rank."
-    return Table("markets", "Key markets", tuple(columns), tuple(body), note)
+    note = f"Number of responding {respondent.plural} choosing each answer"
+    note += "; tied answers share a rank." if is_select else "."
+    return Table(f"options-{question.code}", question_title(report, question), tuple(columns), tuple(body), note)
 
 
-def sme_table(report: IndicatorReport) -> Table | None:
-    rows = report.rows("sme_involvement")
+def options_by_group_table(report: IndicatorReport, question: Question, attribute: str) -> Table | None:
+    """A select or scale question's options (rows) by the groups of one breakdown attribute (columns)."""
+    rows = report.stat_rows(question.code, "count")
     if rows.empty:
         return None
-    question = report.questionnaire.question(str(rows["question"].iloc[0]))
-    overall = rows[rows["strand"].isna()]
-    strands = sorted(int(s) for s in rows["strand"].dropna().unique())
-    by_key = {(str(r["key"]), None if pd.isna(r["strand"]) else int(r["strand"])): r for _, r in rows.iterrows()}
+    respondent = report.questionnaire.respondent
+    overall = rows[rows["group"] == ""]
+    in_groups = rows[rows["group"].str.startswith(attribute + "=")]
+    groups = list(dict.fromkeys(in_groups["group"]))
+    if not groups or overall.empty:
+        return None
+    by_key = {(str(r["key"]), str(r["group"])): r for _, r in rows.iterrows()}
     any_row = overall.iloc[0]
-    columns = [Cell("Activity")]
-    for s in strands:
-        n = next((r["denominator"] for k, r in by_key.items() if k[1] == s), None)
-        columns.append(Cell(f"Strand {s} (n={number(_v(n))})", "num"))
+    columns = [Cell("Answer")]
+    for group in groups:
+        n = next((r["denominator"] for k, r in by_key.items() if k[1] == group), None)
+        columns.append(Cell(f"{group_label(report, group)} (n={number(_v(n))})", "num"))
     columns.append(Cell(f"All {report.year} (n={number(_v(any_row['denominator']))})", "num"))
     has_previous = report.previous_year is not None
     if has_previous:
         columns += [Cell(f"All {report.previous_year} (n={number(_v(any_row['previous_denominator']))})", "num"),
                     Cell("Change", "num")]
     body = []
-    for option in (o.code for o in question.options or []) if isinstance(question.options, list) else []:
-        total = by_key.get((option, None))
-        if total is None:
-            continue
-        label = question.option_label(option)
-        previous_code = question.previous_option_code(option)
+    for _, total in overall.sort_values("position", kind="stable").iterrows():
+        option = str(total["key"])
+        label = _option_text(question, option)
+        previous_code = question.previous_option_code(option) if question.is_select else option
         if previous_code != option:
             label += f" (was \u201c{previous_code}\u201d)"
         cells = [Cell(label)]
-        cells += [Cell(number(_v(by_key[(option, s)]["value"])) if (option, s) in by_key else "", "num")
-                  for s in strands]
+        cells += [Cell(number(_v(by_key[(option, g)]["value"])) if (option, g) in by_key else "", "num")
+                  for g in groups]
         cells.append(Cell(number(_v(total["value"])), "num"))
         if has_previous:
             cells += [Cell(_value_text(total, "count", "previous_value"), "num"), change_cell(total)]
         body.append(tuple(cells))
-    note = "Number of responding partnerships whose SME members take part in each activity (several answers)."
-    return Table("sme", "SME involvement", tuple(columns), tuple(body), note)
+    note = f"Number of responding {respondent.plural} choosing each answer, by {attribute}."
+    return Table(f"options-{question.code}-{attribute}", f"{question_title(report, question)}, by {attribute}",
+                 tuple(columns), tuple(body), note)
 
 
-def strand_table(report: IndicatorReport) -> Table:
-    strands = sorted(int(s) for s in report.rows("responses")["strand"].dropna().unique())
-    metrics = [
-        ("responses", "Responses", "count"),
-        ("response_rate", "Response rate", "percent"),
-        ("cooperation_agreements_total", "Cooperation agreements", "count"),
-        ("cooperation_agreements_mean", "Agreements per partnership (mean)", "number"),
-        ("cooperation_agreements_median", "Agreements per partnership (median)", "number"),
-        ("sme_members_total", "SME members", "count"),
-        ("sme_members_mean", "SME members per partnership (mean)", "number"),
-        ("sme_members_median", "SME members per partnership (median)", "number"),
-    ]
-    columns = [Cell("")] + [Cell(f"Strand {s}", "num") for s in strands] + [Cell("All", "num")]
+def breakdown_table(report: IndicatorReport, attribute: str) -> Table | None:
+    """One breakdown attribute: participation and each question's headline figures, per group and overall."""
+    responses = report.stat_rows(None, "responses")
+    groups = [g for g in dict.fromkeys(responses["group"]) if g.startswith(attribute + "=")]
+    if not groups:
+        return None
+    metrics: list[tuple[str | None, str]] = [(None, "responses"), (None, "response_rate")]
+    headline = {"yes_no": ("yes_share",), "integer": ("sum", "mean", "median"), "number": ("sum", "mean", "median"),
+                "scale": ("mean", "median"), "text": ("answered",)}
+    for question in report.questionnaire.questions:
+        metrics += [(question.code, stat) for stat in headline.get(question.kind, ())]
+    columns = [Cell("")] + [Cell(group_label(report, g), "num") for g in groups] + [Cell("All", "num")]
     body = []
-    for indicator, label, unit in metrics:
-        cells = [Cell(label)]
-        for dimension in [f"strand={s}" for s in strands] + [""]:
-            row = report.row(indicator, dimension)
+    for question, stat in metrics:
+        overall = report.stat_row(question, stat)
+        if overall is None or overall["hidden"]:
+            continue
+        unit = str(overall["unit"])
+        cells = [Cell(_label(overall))]
+        for dimension in [*groups, ""]:
+            row = report.stat_row(question, stat, dimension)
             cells.append(Cell("" if row is None else _value_text(row, unit), "num"))
         body.append(tuple(cells))
-    return Table("strands", f"By strand, {report.year}", tuple(columns), tuple(body))
+    return Table(f"by-{attribute}", f"By {attribute}, {report.year}", tuple(columns), tuple(body))
 
 
 def key_figures(report: IndicatorReport) -> list[tuple[str, str]]:
-    """The four figures a reader looks for first, each with what it counts and its change."""
+    """The figures a reader looks for first, each with what it counts and its change: those the questionnaire
+    names (``indicators.key_figures``), else participation and the first total and yes/no question."""
+    respondent = report.questionnaire.respondent
+    section = report.questionnaire.indicators
+    if section is not None and section.key_figures is not None:
+        rows = [report.row(name) for name in section.key_figures]
+    else:
+        rows = [report.stat_row(None, "consulted"), report.stat_row(None, "responses")]
+        for stat in ("sum", "yes"):
+            found = report.table[(report.table["stat"] == stat) & (report.table["dimension"] == "")]
+            rows.append(None if found.empty else found.iloc[0])
     figures = []
-    wanted = [("consulted", "partnerships consulted"), ("responses", "responses"),
-              ("cooperation_agreements_total", "cooperation agreements"),
-              ("business_missions_planned_yes", "planning business missions beyond Europe")]
-    for indicator, label in wanted:
-        row = report.row(indicator)
+    for row in rows:
         if row is None:
             continue
-        text = label
-        if indicator == "responses":
-            text += f", response rate {rate(_v(row['value']), _v(row['denominator']))}"
-        elif indicator == "business_missions_planned_yes":
-            text = f"of {number(_v(row['denominator']))} {label}"
+        stat = str(row["stat"])
+        question = report.questionnaire.question(str(row["question"])) if isinstance(row["question"], str) else None
+        if stat == "consulted":
+            text = f"{respondent.plural} consulted"
+        elif stat == "responses":
+            text = f"responses, response rate {rate(_v(row['value']), _v(row['denominator']))}"
+        elif stat == "yes":
+            text = f"of {number(_v(row['denominator']))} {lower_first(_label(row))}"
+        elif question is not None and stat == "sum":
+            wording = report.questionnaire.wording(question.code)
+            text = wording.units or (wording.unit + "s" if wording.unit else lower_first(_label(row)))
+        else:
+            text = lower_first(_label(row))
         if report.previous_year is not None and _v(row["previous_value"]) is not None:
             text += f"; {number(_v(row['previous_value']))} in {report.previous_year}"
         figures.append((number(_v(row["value"])), text))
     return figures
 
 
+def _charts(report: IndicatorReport) -> list[Chart]:
+    """A chart for each select and scale question (one per group of the first breakdown attribute when the
+    question is worded by group), this round beside the previous one."""
+    respondent = report.questionnaire.respondent
+    has_previous = report.previous_year is not None
+    charts = []
+    for question in report.questionnaire.questions:
+        if not (question.is_select or question.kind == "scale"):
+            continue
+        wording = report.questionnaire.wording(question.code)
+        if not wording.chart:
+            continue
+        rows = report.stat_rows(question.code, "count")
+        attributes = report.questionnaire.breakdown_by
+        title = question_title(report, question)
+
+        def items(frame: pd.DataFrame, question: Question = question) -> list[tuple[str, float, float | None]]:
+            if question.is_select and question.options == ISO3166:
+                frame = frame[frame["value"] > 0]
+            return [(option_name(question, str(r["key"]), article=False), float(r["value"]),
+                     (_v(r["previous_value"]) if r["comparison"] != "new" else None) if has_previous else None)
+                    for _, r in frame.iterrows()]
+
+        if wording.style == "by_group" and attributes:
+            grouped = rows[rows["group"].str.startswith(attributes[0] + "=")]
+            for group, group_rows in grouped.groupby("group", sort=False):
+                n = number(_v(group_rows["denominator"].iloc[0]))
+                label = group_label(report, str(group))
+                charts.append(bar_chart(
+                    f"chart-{question.code}-{str(group).partition('=')[2]}", f"{title}, {label}",
+                    f"Number of {label} {respondent.plural} (of {n} responding) choosing each answer",
+                    items(group_rows), year=report.year, previous_year=report.previous_year))
+            continue
+        overall = rows[rows["group"] == ""]
+        if overall.empty:
+            continue
+        charts.append(bar_chart(f"chart-{question.code}", title,
+                                f"Number of responding {respondent.plural} choosing each answer", items(overall),
+                                year=report.year, previous_year=report.previous_year))
+    return charts
+
+
 def summary_context(report: IndicatorReport) -> SummaryContext:
     """Everything the summary templates show, formatted and ordered."""
-    charts = []
-    markets = report.rows(MARKET_INDICATOR)
-    has_previous = report.previous_year is not None
-    if not markets.empty:
-        items = [(country_name(str(r["key"])), float(r["value"]),
-                  _v(r["previous_value"]) if has_previous else None) for _, r in markets.iterrows()]
-        charts.append(bar_chart("chart-markets", "Key markets", "Number of responding partnerships selecting "
-                                "each market", items, year=report.year, previous_year=report.previous_year))
-    sme = report.rows("sme_involvement")
-    if not sme.empty:
-        question = report.questionnaire.question(str(sme["question"].iloc[0]))
-        for strand, strand_rows in sme[sme["strand"].notna()].groupby("strand", sort=True):
-            items = [(question.option_label(str(r["key"])), float(r["value"]),
-                      (_v(r["previous_value"]) if r["comparison"] != "new" else None) if has_previous else None)
-                     for _, r in strand_rows.iterrows()]
-            n = number(_v(strand_rows["denominator"].iloc[0]))
-            charts.append(bar_chart(f"chart-sme-{strand}", f"SME involvement, Strand {strand}",
-                                    f"Number of Strand {strand} partnerships (of {n} responding) whose SMEs take "
-                                    "part in each activity", items, year=report.year,
-                                    previous_year=report.previous_year))
-    tables = [t for t in (overview_table(report), markets_table(report), sme_table(report), strand_table(report))
-              if t is not None]
-    stories = [
-        {"text": story.text,
-         "by": f"{story.partnership_name}" + (f" ({story.acronym})" if story.acronym else ""),
-         "strand": "" if story.strand is None else f"Strand {story.strand}"}
-        for story in report.stories
-    ]
+    questionnaire = report.questionnaire
+    tables: list[Table | None] = [overview_table(report)]
+    for question in questionnaire.questions:
+        if question.is_select or question.kind == "scale":
+            tables.append(options_table(report, question))
+            tables += [options_by_group_table(report, question, attribute) for attribute in questionnaire.breakdown_by]
+    tables += [breakdown_table(report, attribute) for attribute in questionnaire.breakdown_by]
+    quotes = []
+    for question in questionnaire.questions:
+        if question.kind != "text":
+            continue
+        items = [
+            {"text": story.text,
+             "by": f"{story.partnership_name}" + (f" ({story.acronym})" if story.acronym else ""),
+             "group": ", ".join(group_label(report, f"{a}={story.attributes[a]}") for a in questionnaire.breakdown_by
+                                if story.attributes.get(a))}
+            for story in report.stories if story.question == question.code
+        ]
+        if items:
+            quotes.append({"title": question_title(report, question), "id": question.code, "items": items})
     consulted = report.value("consulted")
     responses = report.value("responses")
+    respondent = questionnaire.respondent
     lead = (f"Results of the {report.year} consultation: {count(responses, 'response')} from "
-            f"{count(consulted, 'partnership')} consulted.")
+            f"{count(consulted, respondent.singular, respondent.plural)} consulted.")
     return SummaryContext(
         year=report.year,
         previous_year=report.previous_year,
@@ -388,9 +485,9 @@ def summary_context(report: IndicatorReport) -> SummaryContext:
         lead=lead,
         key_figures=key_figures(report),
         paragraphs=build_narrative(report),
-        charts=charts,
-        tables=tables,
-        stories=stories,
+        charts=_charts(report),
+        tables=[t for t in tables if t is not None],
+        quotes=quotes,
     )
 
 
@@ -435,7 +532,7 @@ def _csv(rows: list[list[str]]) -> str:
     return buffer.getvalue()
 
 
-_TEXT_COLUMNS = {"indicator", "dimension", "comparison", "key"}
+_TEXT_COLUMNS = {"indicator", "dimension", "comparison", "key", "group"}
 
 
 def indicators_csv(report: IndicatorReport) -> str:
@@ -451,10 +548,12 @@ def indicators_csv(report: IndicatorReport) -> str:
 
 
 def stories_csv(report: IndicatorReport) -> str:
-    rows = [["round_year", "partnership_id", "partnership", "acronym", "strand", "story"]]
+    """Every free-text answer as written: who gave it, its breakdown attributes and the question."""
+    attributes = list(report.questionnaire.breakdown_by)
+    rows = [["round_year", "partnership_id", "partnership", "acronym", *attributes, "question", "story"]]
     for story in report.stories:
         cells = [story.partnership_code, story.partnership_name, story.acronym or "",
-                 "" if story.strand is None else str(story.strand), story.text]
+                 *[story.attributes.get(a, "") for a in attributes], story.question, story.text]
         rows.append([str(report.year), *[neutralise_cell(c) for c in cells]])
     return _csv(rows)
 
@@ -485,7 +584,7 @@ class PublishResult:
             "summary (HTML)": str(self.html),
             "summary (Markdown)": str(self.markdown),
             "indicators (CSV)": str(self.csv),
-            "success stories (CSV)": str(self.stories_csv),
+            "free-text answers (CSV)": str(self.stories_csv),
         }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
@@ -13,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from consult.errors import ConsultError
 
-QuestionKind = Literal["multi_select", "single_select", "integer", "number", "yes_no", "text", "matrix"]
+QuestionKind = Literal["multi_select", "single_select", "integer", "number", "scale", "yes_no", "text", "matrix"]
 # response_id: an anonymous round; each response is known only by the survey tool's own response id.
 MatchKey = Literal["token", "partnership_id", "email", "response_id"]
 
@@ -21,6 +22,7 @@ MatchKey = Literal["token", "partnership_id", "email", "response_id"]
 OTHER = "other"
 
 ISO3166 = "iso3166"
+_ATTRIBUTE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 class Option(BaseModel):
@@ -43,10 +45,10 @@ class Question(BaseModel):
     min: float | None = None
     max: float | None = None
     max_length: int | None = None
+    labels: dict[int, str] | None = Field(default=None, description="A scale's wording of its values, e.g. {1: Poor}.")
     previous_code: str | None = Field(default=None, description="The code this question had in the previous version.")
     # A matrix: rows of sub-questions sharing one option list (``options``) or one scale (``min``..``max``).
     rows: list[Option] | None = None
-    labels: dict[int, str] | None = Field(default=None, description="Scale value -> label (matrix of a scale).")
     other: bool = Field(default=False, description="A select question whose respondents may write their own answer.")
     not_applicable: list[str] = Field(
         default_factory=list, description="Answers that mean the question was not asked (kept as missing)."
@@ -88,7 +90,48 @@ class Question(BaseModel):
             raise ValueError(f"question {self.code!r}: only matrix questions take rows")
         if self.other and not is_select:
             raise ValueError(f"question {self.code!r}: only select questions take other: true")
+        if self.kind == "scale" or (self.kind == "matrix" and self.matrix_row_kind == "scale"):
+            self._check_scale()
+        elif self.labels:
+            raise ValueError(f"question {self.code!r}: only scale questions take labels (and matrices of a scale)")
         return self
+
+    def _check_scale(self) -> None:
+        for bound, value in (("min", self.min), ("max", self.max)):
+            if value is None or not float(value).is_integer():
+                raise ValueError(f"question {self.code!r}: a scale question needs a whole-number {bound}")
+        if self.min >= self.max:  # type: ignore[operator]
+            raise ValueError(f"question {self.code!r}: a scale's min ({self.min:g}) must be below its max ({self.max:g})")
+        if self.max - self.min > 100:  # type: ignore[operator]
+            raise ValueError(f"question {self.code!r}: a scale has at most 101 values ({self.min:g}..{self.max:g})")
+        for value, label in (self.labels or {}).items():
+            if not self.min <= value <= self.max:  # type: ignore[operator]
+                raise ValueError(f"question {self.code!r}: label for {value} is outside the scale "
+                                 f"{self.min:g}..{self.max:g}")
+            if not label.strip():
+                raise ValueError(f"question {self.code!r}: the label for {value} is empty")
+
+    @property
+    def matrix_row_kind(self) -> QuestionKind:
+        """What each row of a matrix is: a choice among its options, a rating on its scale (labelled, or at most
+        eleven points), else a whole number (hours, counts)."""
+        if self.options:
+            return "single_select"
+        if self.labels or (self.min is not None and self.max is not None and self.max - self.min <= 10):
+            return "scale"
+        return "integer"
+
+    @property
+    def scale_values(self) -> list[int]:
+        """A scale's values, lowest first (empty for other kinds)."""
+        if self.kind != "scale" or self.min is None or self.max is None:
+            return []
+        return list(range(int(self.min), int(self.max) + 1))
+
+    def scale_label(self, value: int) -> str:
+        """A scale value as the questionnaire words it: ``5 - Very satisfied``, or ``5`` without a label."""
+        label = (self.labels or {}).get(value)
+        return f"{value} - {label}" if label else str(value)
 
     @property
     def is_select(self) -> bool:
@@ -132,7 +175,7 @@ class Question(BaseModel):
         itself, or one sub-question per matrix row (``code[row]``), plus the free text of ``other: true``
         (``code[other]``) and of options with ``comment: true`` (``code[OPTIONcomment]``)."""
         if self.kind == "matrix":
-            row_kind: QuestionKind = "single_select" if self.options else "integer"
+            row_kind = self.matrix_row_kind
             return [
                 Question(
                     code=self.code, kind=row_kind, label=f"{self.label} [{row.label}]", required=self.required,
@@ -162,6 +205,82 @@ class Question(BaseModel):
         return code
 
 
+class Respondent(BaseModel):
+    """How the summary names one respondent and several (``cluster``/``clusters``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    singular: str = "partnership"
+    plural: str = "partnerships"
+
+    @field_validator("singular", "plural")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if not value.strip() or "\n" in value or "\r" in value:
+            raise ValueError("a respondent name is one non-empty line")
+        return value.strip()
+
+
+class AddedIndicator(BaseModel):
+    """A declared indicator beyond the defaults: the respondents who chose any of some options of a select
+    question (e.g. ``north_america``: US or CA), overall and per breakdown, with its share."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    question: str
+    any_of: Annotated[list[str], Field(min_length=1)]
+    label: str | None = None
+
+
+class QuestionWording(BaseModel):
+    """How the summary words one question (all optional; the defaults fit any questionnaire).
+
+    ``sentence`` is a template whose fields the engine fills in per kind (see ``consult/narrative.py``);
+    ``intro`` (for ``style: by_group``) is one template, or one per value of the first breakdown attribute."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    title: str | None = None
+    section: str | None = None  # consecutive questions with the same section share one paragraph
+    noun: str | None = None  # what an answer is called: "market" (plural "markets" unless ``nouns`` says)
+    nouns: str | None = None
+    unit: str | None = None  # what a number counts: "cooperation agreement"
+    units: str | None = None
+    sentence: str | None = None
+    style: Literal["ranked", "by_group"] | None = None
+    intro: str | dict[str, str] | None = None
+    chart: bool = True
+
+
+class IndicatorsSection(BaseModel):
+    """The optional ``indicators:`` section: renames, hides or adds indicators, their labels, ranking, the
+    summary's overview rows and its wording."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rename: dict[str, str] = Field(default_factory=dict)
+    hide: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+    unranked: list[str] = Field(default_factory=list)
+    add: list[AddedIndicator] = Field(default_factory=list)
+    overview: list[str] | None = None
+    key_figures: list[str] | None = None
+    breakdown_labels: dict[str, str] = Field(
+        default_factory=dict, description="How a breakdown value is named: {sector: 'the {value} sector'}.")
+    wording: dict[str, QuestionWording] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> IndicatorsSection:
+        targets = list(self.rename.values())
+        if len(set(targets)) != len(targets):
+            raise ValueError("two indicators are renamed to the same name")
+        for template in self.breakdown_labels.values():
+            if "{value}" not in template:
+                raise ValueError(f"breakdown label {template!r} must contain {{value}}")
+        return self
+
+
 class Questionnaire(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -171,7 +290,43 @@ class Questionnaire(BaseModel):
     match_by: list[MatchKey] = Field(default_factory=lambda: ["token"])
     # Answers that mean "not asked" in every question (a tool's not-shown marker), on top of each question's own.
     not_applicable: list[str] = Field(default_factory=list)
+    breakdown_by: list[str] = Field(
+        default_factory=list, description="Panel attributes every indicator is also computed by (e.g. [sector]).")
+    respondent: Respondent = Field(default_factory=Respondent)
     questions: Annotated[list[Question], Field(min_length=1)]
+    indicators: IndicatorsSection | None = None
+
+    @model_validator(mode="after")
+    def _indicators_name_questions(self) -> Questionnaire:
+        if self.indicators is None:
+            return self
+        codes = set(self.codes)
+        for code in self.indicators.wording:
+            if code not in codes:
+                raise ValueError(f"indicators.wording: {code!r} is not a question of this questionnaire")
+        for added in self.indicators.add:
+            if added.question not in codes or not self.question(added.question).is_select:
+                raise ValueError(f"indicators.add {added.name!r}: {added.question!r} is not a select question")
+            unknown = [code for code in added.any_of if code not in self.question(added.question).option_codes]
+            if unknown:
+                raise ValueError(f"indicators.add {added.name!r}: unknown option(s) {', '.join(unknown)}")
+        return self
+
+    def wording(self, code: str) -> QuestionWording:
+        """How the summary words question ``code`` (defaults when the questionnaire says nothing)."""
+        if self.indicators is not None and code in self.indicators.wording:
+            return self.indicators.wording[code]
+        return QuestionWording()
+
+    @field_validator("breakdown_by")
+    @classmethod
+    def _breakdowns_are_attribute_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _ATTRIBUTE_NAME.fullmatch(name):
+                raise ValueError(f"breakdown attribute {name!r} is not a panel column name (letters, digits, _)")
+        if len(set(value)) != len(value):
+            raise ValueError("a breakdown attribute is named twice")
+        return value
 
     @model_validator(mode="after")
     def _anonymous_alone(self) -> Questionnaire:
@@ -204,6 +359,15 @@ class Questionnaire(BaseModel):
                 return question
         raise KeyError(code)
 
+    @cached_property
+    def indicator_fields(self) -> list[Question]:
+        """What indicators are computed for: each question, a matrix as its rows (``code[row]``, each like a
+        select or scale question); other texts and option comments are answers to read, not to count."""
+        fields: list[Question] = []
+        for question in self.questions:
+            fields += question.answer_fields()[: len(question.rows or [])] if question.kind == "matrix" else [question]
+        return fields
+
     def field(self, code: str) -> Question:
         """An answer field by its code: a question, a matrix row ``code[row]`` or an other text ``code[other]``."""
         for field in self.answer_fields:
@@ -215,16 +379,24 @@ class Questionnaire(BaseModel):
     def codes(self) -> list[str]:
         return [question.code for question in self.questions]
 
-    def to_yaml(self) -> str:
+    def definition(self) -> dict[str, object]:
+        """The questionnaire as stored: sections left at their defaults are left out, so that a questionnaire
+        written before they existed keeps its content hash."""
         data = self.model_dump(mode="json", exclude_none=True)
-        # Fields added for survey-tool exports are written only when set, so that a questionnaire that does not
-        # use them keeps the text (and the sha256) it was stored with.
+        if not self.breakdown_by:
+            data.pop("breakdown_by", None)
+        if self.respondent == Respondent():
+            data.pop("respondent", None)
+        # Fields added for survey-tool exports likewise (issue 16).
         _drop_defaults(data, ("not_applicable",))
         for question in data["questions"]:
             _drop_defaults(question, ("other", "not_applicable"))
             for option in question.get("options") if isinstance(question.get("options"), list) else []:
                 _drop_defaults(option, ("comment",))
-        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        return data
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.definition(), sort_keys=False, allow_unicode=True)
 
     @property
     def sha256(self) -> str:

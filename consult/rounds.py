@@ -45,6 +45,14 @@ def round_questionnaire(round_: Round) -> Questionnaire:
     return parse_questionnaire(version.definition, source=f"questionnaire {version.code} v{version.version}")
 
 
+_PRESENTATION = ("breakdown_by", "respondent", "indicators", "title")
+
+
+def _questions_part(definition: dict[str, object]) -> dict[str, object]:
+    """What a stored answer depends on: everything but how the summary is computed and worded."""
+    return {key: value for key, value in definition.items() if key not in _PRESENTATION}
+
+
 def store_questionnaire(session: Session, questionnaire: Questionnaire) -> QuestionnaireVersion:
     """Store a questionnaire version once; the same code and version with other content is refused."""
     existing = session.scalar(
@@ -53,6 +61,13 @@ def store_questionnaire(session: Session, questionnaire: Questionnaire) -> Quest
         )
     )
     if existing is not None:
+        if existing.sha256 != questionnaire.sha256 and _questions_part(existing.definition) == _questions_part(
+                questionnaire.definition()):
+            # Only how the summary is computed and worded changed (breakdown_by, respondent, indicators): the
+            # stored answers stay valid, so the version takes the new presentation.
+            existing.definition = questionnaire.definition()
+            existing.sha256 = questionnaire.sha256
+            existing.title = questionnaire.title
         if existing.sha256 != questionnaire.sha256:
             raise ConsultError(
                 f"questionnaire {questionnaire.code} version {questionnaire.version} is already stored with other "
@@ -64,7 +79,7 @@ def store_questionnaire(session: Session, questionnaire: Questionnaire) -> Quest
         version=questionnaire.version,
         title=questionnaire.title,
         sha256=questionnaire.sha256,
-        definition=questionnaire.model_dump(mode="json", exclude_none=True),
+        definition=questionnaire.definition(),
     )
     session.add(version)
     session.flush()
@@ -112,7 +127,7 @@ def open_round(
         RoundParticipant(
             round_id=round_.id,
             partnership_id=partnership.id,
-            strand=partnership.strand,
+            attributes=dict(partnership.attributes or {}),
             token_hash=hash_token(derive_token(token_secret, year, partnership.code)),
         )
         for partnership in partnerships
@@ -153,26 +168,31 @@ def participants_table(
     """
     round_ = get_round(session, year)
     rows = session.execute(
-        select(Partnership, Contact)
+        select(Partnership, Contact, RoundParticipant.attributes)
         .join(RoundParticipant, RoundParticipant.partnership_id == Partnership.id)
         .join(Contact, Contact.partnership_id == Partnership.id)
         .where(RoundParticipant.round_id == round_.id, Contact.status == "active")
         .order_by(Partnership.code, Contact.id)
     ).all()
+    # The attributes the round took when it opened, in the panel's column order.
+    names = list(dict.fromkeys(name for _, _, attributes in rows for name in (attributes or {})))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     if export_format == "limesurvey":
-        # LimeSurvey's "Import participants from CSV": these header names, extra columns as attribute_N.
-        writer.writerow(["firstname", "lastname", "email", "token", "language", "attribute_1", "attribute_2", "attribute_3"])
+        # LimeSurvey's "Import participants from CSV": these header names, extra columns as attribute_N
+        # (attribute_1 the partnership id, attribute_2 its name, then the panel's attributes in order).
+        writer.writerow(["firstname", "lastname", "email", "token", "language",
+                         *[f"attribute_{n}" for n in range(1, len(names) + 3)]])
     else:
-        writer.writerow(["partnership_id", "partnership", "strand", "first_name", "last_name", "email", "token", "link"])
-    for partnership, contact in rows:
+        writer.writerow(["partnership_id", "partnership", *names, "first_name", "last_name", "email", "token", "link"])
+    for partnership, contact, attributes in rows:
         token = derive_token(token_secret, year, partnership.code)
+        values = [(attributes or {}).get(name, "") for name in names]
         if export_format == "limesurvey":
             cells = [contact.first_name, contact.last_name, contact.email, token, partnership.language,
-                     partnership.code, partnership.name, str(partnership.strand)]
+                     partnership.code, partnership.name, *values]
         else:
-            cells = [partnership.code, partnership.name, str(partnership.strand), contact.first_name,
+            cells = [partnership.code, partnership.name, *values, contact.first_name,
                      contact.last_name, contact.email, token, response_link(url_template, token)]
         writer.writerow([neutralise_cell(cell) for cell in cells])
     return buffer.getvalue()

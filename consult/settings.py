@@ -18,6 +18,9 @@ TEMPLATES_DIR = REPO_ROOT / "templates"
 EXPECTATIONS_DIR = REPO_ROOT / "expectations"
 EXAMPLES_DIR = REPO_ROOT / "examples"
 
+# Where `consult form serve` listens by default: the demo's links lead somewhere real on this machine.
+DEFAULT_FORM_URL = "http://127.0.0.1:8000"
+
 MailBackend = Literal["mailbox", "smtp", "sendgrid"]
 
 
@@ -43,7 +46,13 @@ class Settings(BaseSettings):
     # Tokens are derived as HMAC(token_secret, round, partnership) so that reminders can carry the same link
     # while the database stores only their hash. Generated once into data_dir when not given.
     token_secret: SecretStr | None = None
-    response_url_template: str = "https://survey.example/{token}"
+    # The response link in emails: an outside survey tool's URL with {token} when set; else this engine's own
+    # response form (`consult form serve`) at public_url, or on this machine when no public URL is given.
+    response_url_template: str | None = None
+    public_url: str | None = Field(default=None, description="Where `consult form serve` is reached, e.g. https://consult.example.org.")
+    form_max_body_bytes: int = Field(default=256 * 1024, ge=1024, description="Largest form post accepted.")
+    form_failed_lookups: int = Field(default=20, ge=1, description="Unknown-token lookups a client may make per window.")
+    form_failed_lookup_window_seconds: int = Field(default=600, ge=1)
 
     timezone: str = "Europe/Brussels"
     reminder_days_before_close: list[int] = Field(default_factory=lambda: [14, 3])
@@ -62,6 +71,20 @@ class Settings(BaseSettings):
         # such as Great Expectations' Data Docs) never depend on a later working directory.
         return value.expanduser().resolve() if value is not None else None
 
+    @field_validator("response_url_template")
+    @classmethod
+    def _has_token(cls, value: str | None) -> str | None:
+        if value and "{token}" not in value:
+            raise ValueError("CONSULT_RESPONSE_URL_TEMPLATE must contain {token}")
+        return value or None
+
+    @field_validator("public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("CONSULT_PUBLIC_URL must start with http:// or https://")
+        return value or None
+
     @field_validator("database_url")
     @classmethod
     def _no_placeholder(cls, value: str) -> str:
@@ -74,6 +97,14 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'consult.db').resolve()}"
+
+    @property
+    def resolved_response_url_template(self) -> str:
+        """The response link with ``{token}``: the survey tool's template if set, else the engine's own form."""
+        if self.response_url_template:
+            return self.response_url_template
+        base = (self.public_url or DEFAULT_FORM_URL).rstrip("/")
+        return base + "/r/{token}"
 
     @property
     def resolved_drop_dir(self) -> Path:

@@ -58,9 +58,9 @@ class Partnership(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     code: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(300))
-    acronym: Mapped[str | None] = mapped_column(String(64))
-    strand: Mapped[int] = mapped_column(Integer)
-    country: Mapped[str] = mapped_column(String(2))
+    # Every panel column other than the required ones and the contact data (acronym, country, sector, ...),
+    # kept as given, in the panel file's column order (plain JSON keeps it; JSONB would sort the keys).
+    attributes: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     language: Mapped[str] = mapped_column(String(8), default="en")
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -127,7 +127,8 @@ class RoundParticipant(Base):
     round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), index=True)
     partnership_id: Mapped[int] = mapped_column(ForeignKey("partnerships.id"))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    strand: Mapped[int] = mapped_column(Integer)  # as it was when the round opened
+    # The partnership's attributes as they were when the round opened: a later panel change leaves the round alone.
+    attributes: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

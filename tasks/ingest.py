@@ -11,7 +11,7 @@ from prefect.cache_policies import NONE
 
 from consult.ingest import dq_report, pipeline
 from consult.ingest.readers import ResponseFile
-from consult.ingest.store import IngestSummary, list_quarantine
+from consult.ingest.store import IngestSummary, list_quarantine, responses_by_source
 from consult.settings import get_settings
 from db.engine import get_engine, session_scope
 
@@ -48,11 +48,12 @@ def publish_dq_report_task(
     """The Markdown artifact ``dq-YEAR``, the table of open quarantined rows and the link to the Data Docs
     (``docs``: their index page, None when the round has none yet)."""
     settings = get_settings()
-    markdown = dq_report.markdown_report(summary, validated, docs)
-    dq_report.write_report(settings.output_dir, year, markdown)
-    create_markdown_artifact(key=f"dq-{year}", markdown=markdown, description=f"Data quality of round {year}")
     with session_scope(get_engine(settings.resolved_database_url)) as session:
         entries = [vars(entry) for entry in list_quarantine(session, year)]
+        sources = responses_by_source(session, year)
+    markdown = dq_report.markdown_report(summary, validated, docs) + dq_report.sources_markdown(year, sources)
+    dq_report.write_report(settings.output_dir, year, markdown)
+    create_markdown_artifact(key=f"dq-{year}", markdown=markdown, description=f"Data quality of round {year}")
     create_table_artifact(
         key=f"dq-{year}-quarantine",
         table=dq_report.quarantine_table(summary, entries)

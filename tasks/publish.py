@@ -48,7 +48,7 @@ def post_summary_artifacts(report: IndicatorReport, result: PublishResult) -> No
         markdown=result.markdown_text,
         description=f"Published summary of the {report.year} consultation ({result.html})",
     )
-    shown = [column for column in TABLE_COLUMNS if column not in ("key", "strand")]
+    shown = [column for column in TABLE_COLUMNS if column not in ("key", "group")]
     create_table_artifact(
         key=f"indicators-{report.year}",
         table=[{column: _cell(record[column]) for column in shown} for record in report.records()],

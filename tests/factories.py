@@ -161,8 +161,8 @@ def add_panel(session: Session) -> None:
     for row in panel_rows():
         partnership = seen.get(row["partnership_id"])
         if partnership is None:
-            partnership = Partnership(code=row["partnership_id"], name=row["name"], acronym=row["acronym"] or None,
-                                      strand=int(row["strand"]), country=row["country"],
+            attributes = {name: row[name] for name in ("acronym", "strand", "country") if row[name]}
+            partnership = Partnership(code=row["partnership_id"], name=row["name"], attributes=attributes,
                                       language=row["language"] or "en")
             session.add(partnership)
             session.flush()

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow
 SMALL_RUNS = {
     "bench_indicators.py": ["--rows", "5000", "--repeat", "1"],
     "bench_send.py": ["--contacts", "2000"],
+    "bench_form.py": ["--partnerships", "5", "--postgres-admin-url", POSTGRES_ADMIN_URL],
     "bench_ingest.py": ["--rows", "2000", "--repeat", "2", "--postgres-admin-url", POSTGRES_ADMIN_URL],
 }
 

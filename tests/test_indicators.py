@@ -61,6 +61,11 @@ def rounds_2019_2020(engine, settings, round_2019_answered):
     return 2020
 
 
+def overall(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows of an indicator over all respondents (not per breakdown group)."""
+    return rows[rows["group"] == ""]
+
+
 def report_of(engine, year: int):  # type: ignore[no-untyped-def]
     with session_scope(engine) as session:
         return compute_report(session, year)
@@ -89,14 +94,14 @@ def test_markets_are_counted_once_per_partnership_and_ranked_with_ties_kept(engi
     report = report_of(engine, 2019)
     expected = market_counts(2019)
     ranks = competition_ranks(expected)
-    rows = report.rows("market_partnerships")
+    rows = overall(report.rows("markets"))
     assert {row.key: row.value for row in rows.itertuples()} == dict(expected)
     assert {row.key: row.rank for row in rows.itertuples()} == ranks
     assert (ranks["US"], ranks["CA"], ranks["JP"], ranks["CN"]) == (1, 2, 2, 4)
     assert list(rows["key"])[:3] == ["US", "CA", "JP"]
     assert "BR" not in expected  # only the superseded 2019 row names Brazil
     assert report.value("markets_distinct") == len(expected)
-    assert report.value("market_selections") == sum(expected.values())
+    assert report.value("markets_selections") == sum(expected.values())
 
 
 def test_sme_involvement_is_counted_per_activity_and_strand(engine, round_2019_answered):
@@ -106,10 +111,10 @@ def test_sme_involvement_is_counted_per_activity_and_strand(engine, round_2019_a
     responders = Counter(strands[pid] for pid in accepted_reference_rows(2019))
     for strand in (1, 2):
         for option, n in sme_counts(2019, strand).items():
-            row = report.row("sme_involvement", f"activity={option};strand={strand}")
+            row = report.row("sme_involvement", f"option={option};strand={strand}")
             assert (row["value"], row["denominator"]) == (n, responders[strand])
     for option, n in sme_counts(2019).items():
-        assert report.value("sme_involvement", f"activity={option}") == n
+        assert report.value("sme_involvement", f"option={option}") == n
     strand1 = sme_counts(2019, 1)
     assert (strand1["business_contacts"], strand1["knowledge_sharing"], strand1["joint_events"]) == (8, 7, 4)
 
@@ -121,12 +126,12 @@ def test_cooperation_agreements_sme_members_and_business_missions(engine, round_
     agreements = [int(row["cooperation_agreements"]) for row in rows]
     members = [int(row["sme_members"]) for row in rows]
     planned = [row["business_missions_planned"] == "yes" for row in rows]
-    assert report.value("cooperation_agreements_total") == sum(agreements) == 21
+    assert report.value("cooperation_agreements_sum") == sum(agreements) == 21
     assert report.value("cooperation_agreements_mean") == pytest.approx(statistics.mean(agreements))
     assert report.value("cooperation_agreements_median") == statistics.median(agreements)
-    assert report.value("sme_members_total") == sum(members)
+    assert report.value("sme_members_sum") == sum(members)
     assert report.value("sme_members_median") == statistics.median(members)
-    missions = report.row("business_missions_planned_share")
+    missions = report.row("business_missions_planned_yes_share")
     assert missions["denominator"] == len(planned)
     assert missions["value"] == pytest.approx(100 * sum(planned) / len(planned))
     assert missions["value"] > 50
@@ -144,7 +149,7 @@ def test_2020_changes_and_rank_changes_are_against_2019(engine, rounds_2019_2020
     report = report_of(engine, 2020)
     before, after = market_counts(2019), market_counts(2020)
     ranks_before, ranks_after = competition_ranks(before), competition_ranks(after)
-    rows = {row.key: row for row in report.rows("market_partnerships").itertuples()}
+    rows = {row.key: row for row in overall(report.rows("markets")).itertuples()}
     assert set(rows) == set(before) | set(after)
     for code, row in rows.items():
         assert row.value == after.get(code, 0)
@@ -153,7 +158,7 @@ def test_2020_changes_and_rank_changes_are_against_2019(engine, rounds_2019_2020
         if code in before and code in after:
             assert row.rank_change == ranks_before[code] - ranks_after[code], code
     assert rows["IN"].rank_change == 2  # 7th -> 5th
-    total = report.row("cooperation_agreements_total")
+    total = report.row("cooperation_agreements_sum")
     agreements = {year: sum(int(r["cooperation_agreements"]) for r in accepted_reference_rows(year).values())
                   for year in (2019, 2020)}
     assert (total["value"], total["previous_value"], total["change"]) == (
@@ -164,7 +169,7 @@ def test_2020_changes_and_rank_changes_are_against_2019(engine, rounds_2019_2020
 def test_new_and_dropped_markets_are_named_and_counted(engine, rounds_2019_2020):
     report = report_of(engine, 2020)
     before, after = set(market_counts(2019)), set(market_counts(2020))
-    rows = report.rows("market_partnerships")
+    rows = overall(report.rows("markets"))
     assert set(rows[rows["comparison"] == "added"]["key"]) == after - before == {"BR"}
     assert set(rows[rows["comparison"] == "dropped"]["key"]) == before - after == {"MA"}
     assert report.value("markets_new") == 1
@@ -187,12 +192,12 @@ def test_a_renamed_option_is_compared_with_its_previous_code(engine, rounds_2019
     """2020's joint_business_events (previous_code joint_events) is compared with 2019's joint_events."""
     report = report_of(engine, 2020)
     for strand in (None, 1, 2):
-        dimension = "activity=joint_business_events" + (f";strand={strand}" if strand else "")
+        dimension = "option=joint_business_events" + (f";strand={strand}" if strand else "")
         row = report.row("sme_involvement", dimension)
         assert row["comparison"] == "comparable"
         assert row["value"] == sme_counts(2020, strand)["joint_business_events"]
         assert row["previous_value"] == sme_counts(2019, strand)["joint_events"]
-    assert report.row("sme_involvement", "activity=joint_events") is None
+    assert report.row("sme_involvement", "option=joint_events") is None
 
 
 def test_storing_twice_keeps_one_row_per_round_indicator_and_dimension(engine, rounds_2019_2020):
@@ -206,8 +211,8 @@ def test_storing_twice_keeps_one_row_per_round_indicator_and_dimension(engine, r
                                .join(Round).where(Round.year == 2020)).all()
         assert len(keys) == len(set(keys)) == first
         stored = session.scalars(select(IndicatorValue).join(Round).where(
-            Round.year == 2020, IndicatorValue.indicator == "market_partnerships",
-            IndicatorValue.dimension == "market=IN")).one()
+            Round.year == 2020, IndicatorValue.indicator == "markets",
+            IndicatorValue.dimension == "option=IN")).one()
         assert (stored.value, stored.previous_value, stored.rank, stored.previous_rank) == (4, 3, 5, 7)
         # A correction: the only partnership selecting Taiwan in 2020 no longer does.
         taiwan = [r for r in session.scalars(select(Response).join(Round, Round.id == Response.round_id).where(
@@ -217,7 +222,7 @@ def test_storing_twice_keeps_one_row_per_round_indicator_and_dimension(engine, r
         session.flush()
         store_report(session, compute_report(session, 2020))
         stored = session.scalars(select(IndicatorValue).join(Round).where(
-            Round.year == 2020, IndicatorValue.dimension == "market=TW")).one()
+            Round.year == 2020, IndicatorValue.indicator == "markets", IndicatorValue.dimension == "option=TW")).one()
         assert (stored.value, stored.previous_value, stored.comparison) == (0, 1, "dropped")
 
 
@@ -228,6 +233,6 @@ def test_an_option_listed_twice_in_one_answer_counts_once(engine, round_2019):
             {"partnership_id": "ESCP4I-02", "answers": {"markets": ["US"], "sme_involvement": ["other"]}},
         ])
         report = compute_report(session, 2019)
-    assert report.value("market_partnerships", "market=US") == 2
-    assert report.value("market_partnerships", "market=CA") == 1
-    assert report.row("sme_involvement", "activity=other")["denominator"] == 1  # one answered the question
+    assert report.value("markets", "option=US") == 2
+    assert report.value("markets", "option=CA") == 1
+    assert report.row("sme_involvement", "option=other")["denominator"] == 1  # one answered the question

@@ -339,7 +339,7 @@ def test_a_panel_member_left_out_of_the_round_is_told_apart_from_an_unknown_one(
     """A partnership that joined the panel after the round opened was not consulted: its answer goes to
     quarantine saying so, while an id nobody knows is "unknown", and the consulted ones still match."""
     with session_scope(engine) as session:
-        session.add(Partnership(code="ESCP4I-99", name="Joined later", strand=1, country="BE"))
+        session.add(Partnership(code="ESCP4I-99", name="Joined later", attributes={"strand": "1", "country": "BE"}))
     path = write_csv(tmp_path, "late.csv", f"ESCP4I-99,{GOOD}", f"ESCP4I-98,{GOOD}", f"ESCP4I-01,{GOOD}")
     summary = ingest(settings, 2019, path).files[0]
     assert (summary.accepted, summary.quarantined) == (1, 2)

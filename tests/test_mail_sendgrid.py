@@ -86,7 +86,7 @@ def test_requests_carry_outbox_ids_categories_and_personal_links(engine, setting
         assert rows[item.outbox_id].provider_message_id == item.x_message_id
         assert rows[item.outbox_id].recipient == item.email
         links = [value for key, value in item.substitutions.items() if key.startswith("%%link")]
-        assert links and all(link.startswith("https://survey.example/") for link in links)
+        assert links and all(link.startswith("http://127.0.0.1:8000/r/") for link in links)
 
 
 def test_rate_limit_waits_for_the_reset_time_then_resumes(engine, settings, round_2019, stub):

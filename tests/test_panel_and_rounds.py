@@ -37,8 +37,11 @@ def test_panel_import_stores_every_partnership_and_contact(engine, panel):
     with session_scope(engine) as session:
         assert _count(session, Partnership) == len({row["partnership_id"] for row in rows}) == 23
         assert _count(session, Contact) == len(rows)
-        strands = dict(session.execute(select(Partnership.code, Partnership.strand)).all())
-    assert strands == {row["partnership_id"]: int(row["strand"]) for row in rows}
+        attributes = dict(session.execute(select(Partnership.code, Partnership.attributes)).all())
+    assert {code: value["strand"] for code, value in attributes.items()} == {
+        row["partnership_id"]: row["strand"] for row in rows}
+    assert {code: list(value)[:3] for code, value in attributes.items() if "acronym" in value} == {
+        row["partnership_id"]: ["acronym", "strand", "country"] for row in rows if row["acronym"]}
 
 
 def test_importing_the_same_panel_twice_changes_nothing(engine, panel):
@@ -53,7 +56,6 @@ def test_importing_the_same_panel_twice_changes_nothing(engine, panel):
     ("row", "message"),
     [
         ("P1,Alpha,,1,FR,Ann,Lee,not-an-email,en", "row 2: invalid email address 'not-an-email'"),
-        ("P1,Alpha,,3,FR,Ann,Lee,ann@a.example,en", "row 2: strand must be 1 or 2, got '3'"),
         ("P1,Alpha,,1,XX,Ann,Lee,ann@a.example,en", "row 2: country 'XX' is not an ISO 3166-1 alpha-2 code"),
         ('P1,"Alpha\r\nBcc: x@evil.example",,1,FR,Ann,Lee,ann@a.example,en', "row 2: name contains a line break"),
     ],
@@ -73,7 +75,7 @@ def test_a_bad_panel_row_is_refused_with_its_row_and_nothing_is_stored(engine, s
 def test_a_panel_without_required_columns_names_them(engine, settings, tmp_path):
     path = tmp_path / "panel.csv"
     path.write_text("partnership_id,name\nP1,Alpha\n", encoding="utf-8")
-    with pytest.raises(ConsultError, match="missing column.*strand, country, contact_email"), session_scope(engine) as session:
+    with pytest.raises(ConsultError, match="missing column.*contact_email"), session_scope(engine) as session:
             import_panel(session, path)
 
 
@@ -136,7 +138,7 @@ def test_participants_export_in_limesurvey_layout_carries_each_contacts_token(en
     """LimeSurvey's participant import: firstname, lastname, email, token, then attributes; one row per contact."""
     with session_scope(engine) as session:
         table = participants_table(session, year=2019, token_secret=settings.resolved_token_secret(),
-                                   url_template=settings.response_url_template, export_format="limesurvey")
+                                   url_template=settings.resolved_response_url_template, export_format="limesurvey")
     rows = list(csv.DictReader(io.StringIO(table)))
     assert list(rows[0])[:4] == ["firstname", "lastname", "email", "token"]
     expected = {row["contact_email"]: row["partnership_id"] for row in _example_panel_rows()}

@@ -161,16 +161,16 @@ def test_the_2019_csv_holds_every_figure_of_the_published_report(published_2019)
     assert values[("consulted", "")] == "23"
     assert values[("responses", "")] == "19"
     for _name, code, count in DOMAIN_MARKETS:
-        assert values[("market_partnerships", f"market={code}")] == str(count)
-    others = [int(row["value"]) for row in rows if row["indicator"] == "market_partnerships"
-              and row["dimension"].removeprefix("market=") not in {c for _, c, _ in DOMAIN_MARKETS}]
+        assert values[("markets", f"option={code}")] == str(count)
+    others = [int(row["value"]) for row in rows if row["indicator"] == "markets" and not row["group"]
+              and row["dimension"].removeprefix("option=") not in {c for _, c, _ in DOMAIN_MARKETS}]
     assert max(others) <= 3
-    assert values[("sme_involvement", "activity=business_contacts;strand=1")] == "8"
-    assert values[("sme_involvement", "activity=knowledge_sharing;strand=1")] == "7"
-    assert values[("sme_involvement", "activity=joint_events;strand=1")] == "4"
+    assert values[("sme_involvement", "option=business_contacts;strand=1")] == "8"
+    assert values[("sme_involvement", "option=knowledge_sharing;strand=1")] == "7"
+    assert values[("sme_involvement", "option=joint_events;strand=1")] == "4"
     assert values[("responses", "strand=2")] == "6"
-    assert values[("cooperation_agreements_total", "")] == "21"
-    assert float(values[("business_missions_planned_share", "")]) > 50
+    assert values[("cooperation_agreements_sum", "")] == "21"
+    assert float(values[("business_missions_planned_yes_share", "")]) > 50
 
 
 def test_the_2020_summary_shows_changes_new_and_dropped_markets_and_the_new_question(published_2020):
@@ -193,15 +193,15 @@ def test_the_2020_csv_has_changes_rank_changes_and_marks_the_new_question(publis
     header, rows = read_csv(published_2020.csv)
     assert header[:6] == CSV_HEADER
     by_key = {(row["indicator"], row["dimension"]): row for row in rows}
-    india = by_key[("market_partnerships", "market=IN")]
+    india = by_key[("markets", "option=IN")]
     assert (india["value"], india["previous_value"], india["change"], india["rank_change"]) == ("4", "3", "1", "2")
-    brazil = by_key[("market_partnerships", "market=BR")]
+    brazil = by_key[("markets", "option=BR")]
     assert (brazil["previous_value"], brazil["change"], brazil["comparison"]) == ("0", "3", "added")
-    morocco = by_key[("market_partnerships", "market=MA")]
+    morocco = by_key[("markets", "option=MA")]
     assert (morocco["value"], morocco["change"], morocco["comparison"]) == ("0", "-1", "dropped")
-    digital = by_key[("digital_tools_share", "")]
+    digital = by_key[("digital_tools_yes_share", "")]
     assert (digital["previous_value"], digital["change"], digital["comparison"]) == ("", "", "new")
-    joint = by_key[("sme_involvement", "activity=joint_business_events")]
+    joint = by_key[("sme_involvement", "option=joint_business_events")]
     assert (joint["value"], joint["previous_value"]) == ("11", "8")
 
 
@@ -263,7 +263,7 @@ def test_the_cli_publishes_and_prints_where_the_files_are(engine, settings, roun
         assert publication.flow_run_id  # published by a flow run, recorded
     listing = runner.invoke(app, ["indicators", "2019"])
     assert listing.exit_code == 0, listing.output
-    assert re.search(r"market_partnerships\s+market=US\s+8\s", listing.output)
+    assert re.search(r"markets\s+option=US\s+8\s", listing.output)
 
 
 def test_publishing_a_round_that_does_not_exist_is_one_clear_error(engine, settings, tmp_path):
@@ -297,4 +297,4 @@ def test_the_publish_flow_posts_the_summary_and_the_indicators_as_artifacts(engi
     assert by_key["summary-2019"].type == "markdown"
     assert by_key["summary-2019"].data == result.markdown.read_text(encoding="utf-8")
     assert by_key["indicators-2019"].type == "table"
-    assert "market=US" in str(by_key["indicators-2019"].data)
+    assert "option=US" in str(by_key["indicators-2019"].data)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from consult.ingest.pipeline import ValidatedFile
-from consult.ingest.store import FileSummary, IngestSummary
+from consult.ingest.store import FileSummary, IngestSummary, SourceCounts
 from consult.rounds import neutralise_cell
 
 MAX_EXAMPLES = 5
@@ -92,6 +92,18 @@ def markdown_report(summary: IngestSummary, validated: list[ValidatedFile], data
             )
         if item.validation.suite_source:
             lines.append(f"\nSuite: `{shown(Path(item.validation.suite_source).name, limit=200)}`")
+    return "\n".join(lines) + "\n"
+
+
+def sources_markdown(year: int, sources: list[SourceCounts]) -> str:
+    """The round's responses by source, the response form beside the files (appended to ``dq-YEAR``)."""
+    lines = ["", f"## Responses of round {year} by source", "",
+             "| source | layout | submissions | accepted | superseded | partial |", "|---|---|---|---|---|---|"]
+    for item in sources:
+        lines.append(f"| {shown(item.source)} | {item.layout} | {item.submissions} | {item.accepted} "
+                     f"| {item.superseded} | {item.partial} |")
+    if not sources:
+        lines.append("| (no response yet) | | 0 | 0 | 0 | 0 |")
     return "\n".join(lines) + "\n"
 
 

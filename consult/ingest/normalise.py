@@ -4,7 +4,11 @@ The typed table keeps, per question code ``q``:
 
 - ``q``: the cleaned answer as a string (``<NA>`` when unanswered) — multi-select codes joined with ``;``,
   market codes upper-cased, yes/no spelled ``yes``/``no``; this is what the expectations check;
-- ``q__num`` for integer and number questions: the value as a float (``NaN`` when it is not a number).
+- ``q__num`` for integer, number and scale questions: the value as a float (``NaN`` when it is not a number).
+
+A scale answer may be written as its value (``5``), as LimeSurvey's full text (``5 - A great extent``) or as the
+label alone (``A great extent``); all three come out as ``5``. Anything else is kept as written, for the
+expectation to report.
 
 Nothing is rejected here: deciding what is an error is the expectation suite's job (:mod:`validation`). Fixes
 made on the way (a market code in lower case) come back as per-row warnings.
@@ -119,6 +123,28 @@ def _yes_no(value: str) -> str | None:
     return cleaned or None
 
 
+# ``5``, ``5.0``, ``5 - A great extent``, ``5: Agree``, ``5) Agree``; not ``3.5`` nor ``5-4``.
+_SCALE_FULL_TEXT = re.compile(r"^\s*([+-]?\d+)(?:\.0+)?\s*(?:(?:[-–—:)]|\.\s)\s*(?:\D.*)?)?$", re.DOTALL)
+
+
+def scale_reader(question: Question) -> Callable[[str], str | None]:
+    """A scale cell -> its value as text (``"5"``), or the cell as written when it is not a value of the scale's
+    wording (the expectation then reports it)."""
+    by_label = {label.strip().casefold(): value for value, label in (question.labels or {}).items()}
+
+    def read(cell: str) -> str | None:
+        text = cell.strip()
+        if not text:
+            return None
+        found = _SCALE_FULL_TEXT.match(text)
+        if found:
+            return str(int(found.group(1)))
+        value = by_label.get(text.casefold())
+        return str(value) if value is not None else text
+
+    return read
+
+
 def normalise(cells: pd.DataFrame, questionnaire: Questionnaire, *, timezone: str = "UTC") -> Normalised:
     """Type every question column of the canonical cells; columns missing from the file come out empty."""
     typed: dict[str, pd.Series] = {}
@@ -147,11 +173,13 @@ def _normalise_question(
     uniques = [str(value) for value in found]
     if question.kind in ("integer", "number"):
         parse = _integer if question.kind == "integer" else _number
-        if question.labels:  # a scale (a matrix row): "4", "4 - Agree" and "Agree" all mean 4
-            scale = _ScaleValue(question.labels)
-            uniques = [scale(value) for value in uniques]
         return {code: _categorical(codes, uniques, _text, values.index),
                 f"{code}__num": _floats(codes, uniques, parse, values.index)}
+    if question.kind == "scale":
+        cleaned = _categorical(codes, uniques, scale_reader(question), values.index)
+        value_codes, value_texts = distinct(cleaned)
+        return {code: cleaned,
+                f"{code}__num": _floats(value_codes, [str(text) for text in value_texts], _integer, values.index)}
     if question.kind == "multi_select":
         upper = question.options == ISO3166
         lookup = question.option_lookup
@@ -182,22 +210,6 @@ def _normalise_question(
 def _choice(value: str, lookup: dict[str, str]) -> str | None:
     cleaned = value.strip()
     return lookup.get(cleaned.casefold(), cleaned) or None
-
-
-class _ScaleValue:
-    """A scale answer as tools write it -> its number as text: ``4``, ``4 - Agree`` (LimeSurvey's full
-    answers), or the label alone; anything else is kept as written (and fails validation)."""
-
-    _LEADING = re.compile(r"^\s*([+-]?\d+)\s*(?:[-–:.)]\s*\S.*)?$")
-
-    def __init__(self, labels: dict[int, str]) -> None:
-        self._by_label = {label.strip().casefold(): str(value) for value, label in labels.items()}
-
-    def __call__(self, value: str) -> str:
-        match = self._LEADING.match(value)
-        if match:
-            return match[1]
-        return self._by_label.get(value.strip().casefold(), value)
 
 
 def parse_timestamps(values: pd.Series, timezone: str) -> pd.Series:
@@ -300,6 +312,7 @@ def _integer_json(text: str) -> str | None:
 _ANSWER_WRITERS: dict[str, Callable[[str], str | None]] = {
     "multi_select": _multi_select_json,
     "integer": _integer_json,
+    "scale": _integer_json,
     "number": str,  # a float already (its repr is valid JSON: nan and inf were set aside)
     "yes_no": {"yes": "true", "no": "false"}.get,
     "single_select": json.dumps,

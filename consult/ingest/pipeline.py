@@ -19,7 +19,7 @@ from consult.errors import ConsultError
 from consult.ingest import tools
 from consult.ingest.columns import canonical_cells
 from consult.ingest.matching import load_directory, match_partnerships
-from consult.ingest.normalise import AnswerWriter, Reason, normalise
+from consult.ingest.normalise import AnswerWriter, Normalised, Reason, normalise
 from consult.ingest.readers import ResponseFile, read_response_file
 from consult.ingest.store import (
     FileSummary,
@@ -106,6 +106,29 @@ def match_files(settings: Settings, year: int, files: list[ResponseFile]) -> lis
     return matched
 
 
+def check_rows(
+    cells: pd.DataFrame,
+    match: pd.DataFrame,
+    questionnaire: Questionnaire,
+    suite: dict[str, Any],
+    *,
+    limits: pd.DataFrame,
+    timezone: str,
+    has_submit_date: bool,
+    asset_name: str,
+) -> tuple[Normalised, ValidationResult, dict[int, list[Reason]]]:
+    """The one path every answer takes before it is stored, whether it comes in a file of a million rows, as a
+    quarantined row an analyst fixed, or as one submission of the response form (a one-row ``cells`` frame):
+    normalise the cells, run the expectation suite on the complete rows. Returns the typed table, the suite's
+    findings and every row's warnings (the normaliser's and the suite's)."""
+    normalised = normalise(cells, questionnaire, timezone=timezone)
+    validation = validate(
+        normalised.typed, cells, match, questionnaire, suite, limits=limits, has_submit_date=has_submit_date,
+        asset_name=asset_name,
+    )
+    return normalised, validation, _merge(normalised.warnings, validation.warnings)
+
+
 def validate_files(settings: Settings, year: int, matched: list[MatchedFile]) -> list[ValidatedFile]:
     """Type the answers and run the expectation suite once per file (its Data Docs: :func:`write_data_docs`)."""
     with session_scope(_engine(settings)) as session:
@@ -120,23 +143,16 @@ def validate_files(settings: Settings, year: int, matched: list[MatchedFile]) ->
         if item.duplicate:
             validated.append(ValidatedFile(file=item.file, match=item.match, duplicate=True))
             continue
-        normalised = normalise(item.file.cells, questionnaire, timezone=settings.timezone)
-        validation = validate(
-            normalised.typed,
-            item.file.cells,
-            item.match,
-            questionnaire,
-            suite,
-            limits=limits,
-            has_submit_date=item.file.has_submit_date,
-            asset_name=item.file.name,
+        normalised, validation, warnings = check_rows(
+            item.file.cells, item.match, questionnaire, suite, limits=limits, timezone=settings.timezone,
+            has_submit_date=item.file.has_submit_date, asset_name=item.file.name,
         )
         validation.suite_source = suite_source
         dated_errors, dated_warnings = check_submit_dates(
             normalised.typed["submitted_at"], item.file.cells, window
         )
         validation.errors = _merge(validation.errors, dated_errors)
-        warnings = _merge(normalised.warnings, validation.warnings, dated_warnings)
+        warnings = _merge(warnings, dated_warnings)
         validated.append(
             ValidatedFile(
                 file=item.file,
@@ -317,10 +333,9 @@ def accept_quarantined(
         match = match_partnerships(cells, directory, list(questionnaire.match_by))
     if match["match_error"].iloc[0]:
         raise ConsultError(f"row {row_number} of {file_name}: {match['match_error'].iloc[0]} (use --partnership CODE)")
-    normalised = normalise(cells, questionnaire, timezone=settings.timezone)
     suite, _ = load_suite(questionnaire, EXPECTATIONS_DIR)
-    validation = validate(
-        normalised.typed, cells, match, questionnaire, suite, limits=limits, has_submit_date=True,
+    normalised, validation, checked_warnings = check_rows(
+        cells, match, questionnaire, suite, limits=limits, timezone=settings.timezone, has_submit_date=True,
         asset_name=f"{file_name} row {row_number}",
     )
     if validation.errors:
@@ -335,7 +350,7 @@ def accept_quarantined(
         raw=raw, complete=cells["complete"].astype(bool), partnership=match["partnership"],
         matched_by=match["matched_by"], match_error=match["match_error"],
         submitted_at=normalised.typed["submitted_at"], answers=AnswerWriter(normalised.typed, questionnaire),
-        errors={}, warnings=_merge(normalised.warnings, validation.warnings, {row_number: review} if review else {}),
+        errors={}, warnings=_merge(checked_warnings, {row_number: review} if review else {}),
         response_key=cells["response_id"] if questionnaire.anonymous else None,
     )
     # The response and the review decision are written together or not at all.

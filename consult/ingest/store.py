@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from consult.errors import ConsultError
@@ -145,11 +145,14 @@ def decide_statuses(
     earlier: list[int] = []
     if len(winners):
         key_column = Response.response_key if anonymous else Response.partnership_id
-        existing = connection.execute(
-            select(Response.id, key_column, Response.submitted_at).where(
-                Response.round_id == round_id, Response.status == "accepted", key_column.is_not(None)
-            )
-        ).all()
+        query = select(Response.id, key_column, Response.submitted_at).where(
+            Response.round_id == round_id, Response.status == "accepted", key_column.is_not(None)
+        )
+        if len(winners) <= 1000:
+            # A form submission or a small file: its respondents' responses only, not the whole round's.
+            keys = [str(k) for k in winners["key"].tolist()] if anonymous else [int(k) for k in winners["key"].tolist()]
+            query = query.where(key_column.in_(keys))
+        existing = connection.execute(query).all()
         by_key = {key: (response_id, _utc(ts)) for response_id, key, ts in existing}
         if by_key:
             winner_ts = dict(zip(winners["key"].tolist(), winners["ts"].tolist(), strict=True))
@@ -355,17 +358,56 @@ class StoredFile:
     row_count: int
     ingested_at: dt.datetime
     kept: bool  # its bytes are stored (files ingested before schema 0002 are not)
+    layout: str = ""  # plain | limesurvey | eusurvey | form (one submission of the response form)
 
 
 def list_files(session: Session, year: int) -> list[StoredFile]:
     query = (
         select(IngestedFile.id, IngestedFile.name, IngestedFile.sha256, IngestedFile.size_bytes,
-               IngestedFile.row_count, IngestedFile.ingested_at, IngestedFile.content.is_not(None))
+               IngestedFile.row_count, IngestedFile.ingested_at, IngestedFile.content.is_not(None),
+               IngestedFile.layout)
         .join(Round, Round.id == IngestedFile.round_id)
         .where(Round.year == year)
         .order_by(IngestedFile.id)
     )
     return [StoredFile(*row) for row in session.execute(query).all()]
+
+
+@dataclass(frozen=True)
+class SourceCounts:
+    """A round's responses from one source: a file, or the response form (all its submissions together)."""
+
+    source: str  # the file's name, or "response form"
+    layout: str
+    submissions: int
+    accepted: int
+    superseded: int
+    partial: int
+
+
+FORM_SOURCE = "response form"
+
+
+def responses_by_source(session: Session, year: int) -> list[SourceCounts]:
+    """Where the round's responses came from, file by file and the response form as one source, in the order
+    they first arrived: the data-quality report shows form answers beside the files."""
+    rows = session.execute(
+        select(IngestedFile.id, IngestedFile.name, IngestedFile.layout, Response.status, func.count())
+        .join(Round, Round.id == IngestedFile.round_id)
+        .join(Response, (Response.file_id == IngestedFile.id) & (Response.round_id == IngestedFile.round_id))
+        .where(Round.year == year)
+        .group_by(IngestedFile.id, IngestedFile.name, IngestedFile.layout, Response.status)
+        .order_by(IngestedFile.id)
+    ).all()
+    sources: dict[str, dict[str, Any]] = {}
+    for file_id, name, layout, status, count in rows:
+        key = FORM_SOURCE if layout == "form" else f"{file_id}:{name}"
+        entry = sources.setdefault(key, {"source": FORM_SOURCE if layout == "form" else name, "layout": layout,
+                                         "submissions": 0, "accepted": 0, "superseded": 0, "partial": 0})
+        entry["submissions"] += count
+        if status in ("accepted", "superseded", "partial"):
+            entry[status] += count
+    return [SourceCounts(**entry) for entry in sources.values()]
 
 
 def _file_of_round(session: Session, year: int, file_id: int) -> IngestedFile:

@@ -42,6 +42,7 @@ _MESSAGES = {
     "range": "{field}: {value} is outside {min}..{max}",
     "options": "{field}: unknown option(s) {unknown}",
     "yes_no": "{field}: {value!r} is not yes or no",
+    "scale": "{field}: {value!r} is not a value of the scale (a whole number or one of its labels)",
     "choice": "{field}: {value!r} is not one of the options",
     "length": "{field}: longer than {max} characters",
     "submit_date": "submitted_at: {value!r} is not a date",
@@ -122,6 +123,12 @@ def build_suite(questionnaire: Questionnaire) -> dict[str, Any]:
                     ignore_row_if="either_value_is_missing",
                 )
             )
+        elif question.kind == "scale":
+            expectations.append(_pattern_expectation(code, {**meta, "rule": "scale"}, INTEGER_PATTERN))
+            expectations.append(
+                _expectation("expect_column_values_to_be_between", "critical", {**meta, "rule": "range"},
+                             column=f"{code}__num", min_value=question.min, max_value=question.max)
+            )
         elif question.is_select:
             rule = "options" if question.kind == "multi_select" else "choice"
             expectations.append(_pattern_expectation(code, {**meta, "rule": rule}, _options_regex(question)))
@@ -163,17 +170,22 @@ def write_suite(questionnaire: Questionnaire, directory: Path = EXPECTATIONS_DIR
 # --- the table the suite runs on ---------------------------------------------------------------------------
 
 
-def previous_limits(session: Session, previous_round_id: int | None, questionnaire: Questionnaire) -> pd.DataFrame:
-    """Per partnership, ``{code}__prev_limit`` = ten times last round's accepted answer (at least ten)."""
+def previous_limits(
+    session: Session, previous_round_id: int | None, questionnaire: Questionnaire, *,
+    partnership_ids: list[int] | None = None,
+) -> pd.DataFrame:
+    """Per partnership, ``{code}__prev_limit`` = ten times last round's accepted answer (at least ten).
+    ``partnership_ids``: only these partnerships' (one form submission needs one row, not the whole round's)."""
     numeric = [q for q in questionnaire.answer_fields if q.kind in ("integer", "number")]
     columns = [f"{q.code}__prev_limit" for q in numeric]
     if previous_round_id is None or not numeric:
         return pd.DataFrame(columns=columns, dtype="float64")
-    rows = session.execute(
-        select(Response.partnership_id, Response.answers).where(
-            Response.round_id == previous_round_id, Response.status == "accepted"
-        )
-    ).all()
+    query = select(Response.partnership_id, Response.answers).where(
+        Response.round_id == previous_round_id, Response.status == "accepted"
+    )
+    if partnership_ids is not None:
+        query = query.where(Response.partnership_id.in_(partnership_ids))
+    rows = session.execute(query).all()
     records: dict[int, dict[str, float]] = {}
     for partnership_id, answers in rows:
         record: dict[str, float] = {}

@@ -309,7 +309,7 @@ def claim(engine: Engine, batch_key: str, *, mail_from: str, url_template: str,
     with engine.connect() as connection:
         rows = connection.execute(
             select(outbox.c.id, outbox.c.kind, outbox.c.recipient, contacts.c.first_name, contacts.c.last_name,
-                   partnerships.c.code, partnerships.c.name, partnerships.c.acronym, partnerships.c.language,
+                   partnerships.c.code, partnerships.c.name, partnerships.c.attributes, partnerships.c.language,
                    rounds.c.year, rounds.c.closes_on, rounds.c.questionnaire_version_id)
             .join(contacts, contacts.c.id == outbox.c.contact_id)
             .join(partnerships, partnerships.c.id == outbox.c.partnership_id)
@@ -334,7 +334,7 @@ def claim(engine: Engine, batch_key: str, *, mail_from: str, url_template: str,
         link = response_link(url_template, derive_token(token_secret, row.year, row.code))
         values = RecipientValues(
             first_name=row.first_name or "", last_name=row.last_name or "", email=row.recipient,
-            partnership_name=row.name, partnership_acronym=row.acronym or "", partnership_code=row.code, link=link,
+            partnership_name=row.name, partnership_acronym=(row.attributes or {}).get("acronym") or "", partnership_code=row.code, link=link,
         )
         recipients.append(Recipient(
             outbox_id=row.id, email=row.recipient, name=f"{row.first_name or ''} {row.last_name or ''}".strip(),

@@ -18,7 +18,7 @@ def send_batch(engine: Engine, settings: Settings, mailer: Mailer, batch_key: st
     """Send the pending rows of ``batch_key``; raise :class:`TransientMailError` (after recording what is known)
     when the attempt should be retried, :class:`ConsultError` when retrying cannot help."""
     claimed = claim(
-        engine, batch_key, mail_from=settings.mail_from, url_template=settings.response_url_template,
+        engine, batch_key, mail_from=settings.mail_from, url_template=settings.resolved_response_url_template,
         token_secret=settings.resolved_token_secret(),
     )
     if claimed is None:
