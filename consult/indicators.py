@@ -93,7 +93,7 @@ def indicator_specs(questionnaire: Questionnaire) -> list[IndicatorSpec]:
         IndicatorSpec("responses", "Responses collected", None, "responses"),
         IndicatorSpec("response_rate", "Response rate", None, "response_rate", "percent"),
     ]
-    for question in questionnaire.questions:
+    for question in questionnaire.indicator_fields:
         code, label = question.code, question.label
         if question.is_select:
             specs += [
@@ -182,8 +182,10 @@ def _load(session: Session, round_: Round) -> RoundData:
         .where(Response.round_id == round_.id, Response.status == "accepted")
         .order_by(Response.partnership_id)
     ).all()
-    return build_round_data(round_.year, questionnaire, participants, [r.partnership_id for r in rows],
-                            [r.answers or {} for r in rows])
+    # An anonymous round's responses belong to no partnership: each stands for itself (a negative id that no
+    # participant has), so it counts as a response but falls in no breakdown group.
+    ids = [r.partnership_id if r.partnership_id is not None else -1 - n for n, r in enumerate(rows)]
+    return build_round_data(round_.year, questionnaire, participants, ids, [r.answers or {} for r in rows])
 
 
 def participants_frame(partnership_ids: list[int], attributes: list[dict[str, str]]) -> pd.DataFrame:
@@ -214,7 +216,7 @@ def round_data_from_frame(
     frame: pd.DataFrame,
 ) -> RoundData:
     """Assemble a RoundData from a frame with one column per question code (missing questions become empty)."""
-    frame = frame.reindex(columns=list(questionnaire.codes)).reset_index(drop=True)
+    frame = frame.reindex(columns=[field.code for field in questionnaire.indicator_fields]).reset_index(drop=True)
     frame.insert(0, "partnership_id", np.asarray(partnership_ids, dtype="int64"))
     duplicated = frame["partnership_id"].duplicated()
     if duplicated.any():
@@ -531,29 +533,29 @@ def _float(value: object) -> float | None:
 
 
 def _current_columns(questionnaire: Questionnaire) -> dict[str, Column]:
-    return {q.code: Column(question=q, name=q.code) for q in questionnaire.questions}
+    return {q.code: Column(question=q, name=q.code) for q in questionnaire.indicator_fields}
 
 
 def previous_columns(current: Questionnaire, previous: Questionnaire) -> dict[str, Column]:
     """For each current question the previous round also asked: where its answers sit in the previous frame and
     how the previous option codes translate into the current ones (``previous_code`` mappings)."""
     columns: dict[str, Column] = {}
-    previous_codes = set(previous.codes)
-    for question in current.questions:
+    previous_codes = {field.code for field in previous.indicator_fields}
+    for question in current.indicator_fields:
         old_code = question.previous_code or question.code
         if old_code not in previous_codes:
             old_code = question.code if question.code in previous_codes else ""
-        if not old_code or previous.question(old_code).kind != question.kind:
+        if not old_code or previous.field(old_code).kind != question.kind:
             continue
         option_map: dict[str, str] = {}
         previous_options: frozenset[str] | None = None
         if isinstance(question.options, list):
             option_map = {question.previous_option_code(o.code): o.code for o in question.options
                           if question.previous_option_code(o.code) != o.code}
-            old_options = previous.question(old_code).option_codes
+            old_options = previous.field(old_code).option_codes
             previous_options = frozenset(option_map.get(code, code) for code in old_options)
         elif question.kind == "scale":
-            old = previous.question(old_code)
+            old = previous.field(old_code)
             previous_options = frozenset(str(v) for v in old.scale_values)
         columns[question.code] = Column(question=question, name=old_code, option_map=option_map,
                                         previous_options=previous_options)
@@ -566,7 +568,7 @@ def compute_values(data: RoundData, columns: Mapping[str, Column], questionnaire
     breakdowns = [groups_of(data, attribute) for attribute in questionnaire.breakdown_by]
     out = _Rows()
     _participation(data, breakdowns, out)
-    for question in questionnaire.questions:
+    for question in questionnaire.indicator_fields:
         column = columns.get(question.code)
         if column is None:
             continue
@@ -750,7 +752,7 @@ def _with_turnover(table: pd.DataFrame, *, has_previous: bool, questionnaire: Qu
     if questionnaire is None:
         return table
     extra = []
-    for question in questionnaire.questions:
+    for question in questionnaire.indicator_fields:
         if not question.is_select:
             continue
         options = table[(table["indicator"] == question.code) & (table["group"] == "")]
@@ -793,7 +795,7 @@ def report_from_data(data: RoundData, previous_data: RoundData | None, *,
     if previous_data is not None:
         columns = previous_columns(questionnaire, previous_data.questionnaire)
         previous_table = compute_values(previous_data, columns, questionnaire)
-        new_questions = tuple(code for code in questionnaire.codes if code not in columns)
+        new_questions = tuple(field.code for field in questionnaire.indicator_fields if field.code not in columns)
     table = compare(current, previous_table, year=data.year, previous_columns_=columns, questionnaire=questionnaire)
     table = _published(_sorted(table, questionnaire), questionnaire)
     return IndicatorReport(
@@ -849,15 +851,18 @@ def _stories(session: Session, round_: Round, questionnaire: Questionnaire) -> t
         return ()
     rows = session.execute(
         select(Partnership.code, Partnership.name, Partnership.attributes, RoundParticipant.attributes,
-               Response.answers)
-        .join(Partnership, Partnership.id == Response.partnership_id)
+               Response.answers, Response.response_key)
+        # Outer: an anonymous round's responses have no partnership, and their texts are quoted all the same.
+        .outerjoin(Partnership, Partnership.id == Response.partnership_id)
         .outerjoin(RoundParticipant, (RoundParticipant.round_id == Response.round_id)
                    & (RoundParticipant.partnership_id == Response.partnership_id))
         .where(Response.round_id == round_.id, Response.status == "accepted")
-        .order_by(Partnership.code)
+        .order_by(Partnership.code, Response.response_key)
     ).all()
     stories = []
-    for code, name, attributes, snapshot, answers in rows:
+    for code, name, attributes, snapshot, answers, response_key in rows:
+        if code is None:
+            code, name = f"response {response_key}", f"an anonymous {questionnaire.respondent.singular}"
         for text_code in text_codes:
             text = (answers or {}).get(text_code)
             if isinstance(text, str) and text.strip():

@@ -241,6 +241,9 @@ def question_paragraphs(report: IndicatorReport, question: Question) -> list[Par
         if report.questionnaire.wording(question.code).style == "by_group":
             return by_group(report, question)
         return ranked(report, question)
+    if question.kind == "matrix":  # its rows, each worded like the select or scale question it is
+        return [paragraph for row in question.answer_fields()[: len(question.rows or [])]
+                for paragraph in question_paragraphs(report, row)]
     builders = {"yes_no": yes_no, "integer": numbers, "number": numbers, "scale": scale, "text": free_text}
     paragraph = builders[question.kind](report, question)
     return [paragraph] if paragraph is not None else []

@@ -206,8 +206,8 @@ def _overview_default(report: IndicatorReport) -> list[tuple[str | None, str]]:
     headline = {"multi_select": ("distinct", "new", "dropped"), "single_select": ("new", "dropped"),
                 "yes_no": ("yes_share",), "integer": ("sum", "mean", "median"), "number": ("sum", "mean", "median"),
                 "scale": ("mean", "median"), "text": ("answered",)}
-    for question in report.questionnaire.questions:
-        wanted += [(question.code, stat) for stat in headline[question.kind]]
+    for question in report.questionnaire.questions:  # a matrix has its own table, not overview rows
+        wanted += [(question.code, stat) for stat in headline.get(question.kind, ())]
     return wanted
 
 
@@ -261,6 +261,41 @@ def _option_text(question: Question, code: str) -> str:
     if question.options == ISO3166:
         return f"{country_name(code)} ({code})"
     return option_name(question, code, article=False)
+
+
+def matrix_table(report: IndicatorReport, question: Question) -> Table | None:
+    """A matrix question as one small table: a line per row, a column per answer (its options, or its scale's
+    values), each cell the respondents choosing it and their share of those answering the row; the mean for a
+    scale."""
+    rows = question.answer_fields()[: len(question.rows or [])]
+    if not rows:
+        return None
+    first = rows[0]
+    answers = ([option.code for option in question.options] if isinstance(question.options, list)
+               else [str(value) for value in first.scale_values])
+    is_scale = first.kind == "scale"
+    respondent = report.questionnaire.respondent
+    columns = [Cell("")] + [Cell(_option_text(first, answer), "num") for answer in answers]
+    columns += [Cell("Answering", "num")] + ([Cell("Mean", "num")] if is_scale else [])
+    body = []
+    for row_question, row in zip(rows, question.rows or [], strict=True):
+        counts = report.stat_rows(row_question.code, "count")
+        counts = counts[counts["group"] == ""]
+        by_answer = {str(r["key"]): r for _, r in counts.iterrows()}
+        answering = next((_v(r["denominator"]) for r in by_answer.values()), None)
+        cells = [Cell(row.label)]
+        for answer in answers:
+            found = by_answer.get(answer)
+            value = _v(found["value"]) if found is not None else 0.0
+            cells.append(Cell(f"{number(value)} ({rate(value, answering)})" if answering else number(value), "num"))
+        cells.append(Cell(number(answering) if answering is not None else "0", "num"))
+        if is_scale:
+            mean = report.stat_row(row_question.code, "mean")
+            cells.append(Cell("" if mean is None else _value_text(mean, "number"), "num"))
+        body.append(tuple(cells))
+    return Table(f"matrix-{question.code}", question_title(report, question), tuple(columns), tuple(body),
+                 f"Number of responding {respondent.plural} choosing each answer, and their share of those "
+                 "answering the row.")
 
 
 def options_table(report: IndicatorReport, question: Question) -> Table | None:
@@ -456,6 +491,8 @@ def summary_context(report: IndicatorReport) -> SummaryContext:
     questionnaire = report.questionnaire
     tables: list[Table | None] = [overview_table(report)]
     for question in questionnaire.questions:
+        if question.kind == "matrix":
+            tables.append(matrix_table(report, question))
         if question.is_select or question.kind == "scale":
             tables.append(options_table(report, question))
             tables += [options_by_group_table(report, question, attribute) for attribute in questionnaire.breakdown_by]

@@ -1,0 +1,88 @@
+"""Indicators and the summary of a matrix question: each row counted like the select or scale question it is,
+and one small table per matrix. Computed from the real LimeSurvey export (r0bis/efptPWG, data/Albania/Albania.csv,
+commit de19c72ffdc0675b0eecddb0e9df5f216b9955ad) with the csv module, never from the code under test."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import statistics
+from collections import Counter
+from pathlib import Path
+
+from consult.indicators import compute_report
+from consult.publish import matrix_table
+from db.engine import session_scope
+from tests.test_ingest_tools import LIMESURVEY, REAL, ingest, open_tool_round
+
+AGREEMENT = {"Strongly Disagree": 1, "Disagree": 2, "Neutral": 3, "Agree": 4, "Strongly Agree": 5}
+WHO_PAYS = {"I pay": "A1", "State / 3rd party pays": "A2", "I don't have it": "A3"}
+
+
+def complete_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return [row for row in csv.DictReader(handle) if row["Completed"].strip()]
+
+
+def test_matrix_rows_are_published_like_scale_and_select_questions(engine, settings, panel):
+    year = open_tool_round(engine, settings, REAL / "limesurvey" / "questionnaire.yaml", 2013, dt.date(2013, 12, 31))
+    ingest(settings, year, LIMESURVEY)
+    rows = complete_rows(LIMESURVEY)
+    with session_scope(engine) as session:
+        report = compute_report(session, year)
+    for sub in ("SQ001", "SQ002", "SQ003"):
+        values = [AGREEMENT[row[f"0019 [{sub}]"]] for row in rows if row[f"0019 [{sub}]"] in AGREEMENT]
+        counts = Counter(values)
+        found = report.stat_rows(f"0019[{sub}]", "count")
+        found = found[found["group"] == ""]
+        assert {str(k): float(v) for k, v in zip(found["key"], found["value"], strict=True)} == {
+            str(value): float(counts.get(value, 0)) for value in range(1, 6)}
+        assert float(report.stat_row(f"0019[{sub}]", "mean")["value"]) == statistics.mean(values)
+    for sub in ("SQ001", "SQ002", "SQ003", "SQ004", "SQ005", "SQ006"):
+        counts = Counter(WHO_PAYS[row[f"0016 [{sub}]"]] for row in rows if row[f"0016 [{sub}]"] in WHO_PAYS)
+        found = report.stat_rows(f"0016[{sub}]", "count")
+        found = found[found["group"] == ""]
+        assert {k: float(v) for k, v in zip(found["key"], found["value"], strict=True)} == {
+            code: float(counts.get(code, 0)) for code in ("A1", "A2", "A3")}
+
+
+def test_summary_shows_a_small_table_per_matrix(engine, settings, panel):
+    year = open_tool_round(engine, settings, REAL / "limesurvey" / "questionnaire.yaml", 2013, dt.date(2013, 12, 31))
+    ingest(settings, year, LIMESURVEY)
+    rows = complete_rows(LIMESURVEY)
+    with session_scope(engine) as session:
+        report = compute_report(session, year)
+    table = matrix_table(report, report.questionnaire.question("0016"))
+    assert [cell.text for cell in table.columns][1:5] == ["I pay", "State / 3rd party pays", "I don't have it",
+                                                          "Answering"]
+    first = table.rows[0]
+    answering = sum(row["0016 [SQ001]"] in WHO_PAYS for row in rows)
+    paying = sum(row["0016 [SQ001]"] == "I pay" for row in rows)
+    assert first[0].text == "Theorectical lectures / seminars"
+    assert first[1].text.startswith(f"{paying} (") and first[4].text == str(answering)
+
+
+def test_summary_of_an_anonymous_round_with_matrices_renders(engine, settings, panel):
+    """The whole summary (HTML and Markdown) renders for an anonymous round with matrix questions, the matrix
+    table in it."""
+    from consult.publish import render_files
+
+    year = open_tool_round(engine, settings, REAL / "limesurvey" / "questionnaire.yaml", 2013, dt.date(2013, 12, 31))
+    ingest(settings, year, LIMESURVEY)
+    with session_scope(engine) as session:
+        report = compute_report(session, year)
+    files = render_files(report)
+    html = next(text for name, text in files.items() if name.endswith(".html"))
+    assert 'id="matrix-0016"' in html or "matrix-0016" in html
+    assert "State / 3rd party pays" in html
+    responses = report.stat_row(None, "responses")
+    assert float(responses["value"]) == len(complete_rows(LIMESURVEY))
+
+
+def test_anonymous_free_text_answers_are_quoted(engine, settings, panel):
+    year = open_tool_round(engine, settings, REAL / "limesurvey" / "questionnaire.yaml", 2013, dt.date(2013, 12, 31))
+    ingest(settings, year, LIMESURVEY)
+    expected = {row["0006"].strip() for row in complete_rows(LIMESURVEY) if row["0006"].strip()}
+    with session_scope(engine) as session:
+        report = compute_report(session, year)
+    assert {story.text for story in report.stories if story.question == "0006"} == expected
