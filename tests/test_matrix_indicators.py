@@ -86,3 +86,18 @@ def test_anonymous_free_text_answers_are_quoted(engine, settings, panel):
     with session_scope(engine) as session:
         report = compute_report(session, year)
     assert {story.text for story in report.stories if story.question == "0006"} == expected
+
+
+def test_response_form_asks_each_matrix_row_and_the_other_text():
+    """The response form shows a matrix as one radio group per row and the other text as its own field; what
+    it posts becomes the cells a file row would hold."""
+    from consult.form.app import field_views, options_of, strings
+    from consult.form.submissions import cells_from_fields
+    from consult.questionnaire import load_questionnaire
+
+    questionnaire = load_questionnaire(REAL / "limesurvey" / "questionnaire.yaml")
+    views = {view.question.code: view for view in field_views(questionnaire, {}, {}, strings("en"))}
+    assert [value for value, _ in options_of(views["0019[SQ001]"].question)] == ["1", "2", "3", "4", "5"]
+    assert views["0016[SQ002]"].question.kind == "single_select" and "0005[other]" in views
+    cells = cells_from_fields(questionnaire, {"0019[SQ001]": ["4"], "0005": ["S05A1"], "0005[other]": ["Gestalt"]})
+    assert (cells["0019[SQ001]"], cells["0005"], cells["0005[other]"]) == ("4", "S05A1", "Gestalt")

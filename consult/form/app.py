@@ -139,7 +139,7 @@ class FieldView:
 def field_views(questionnaire: Questionnaire, cells: Mapping[str, str], errors: Mapping[str, list[Any]],
                 words: Mapping[str, Any]) -> list[FieldView]:
     views = []
-    for question in questionnaire.questions:
+    for question in questionnaire.answer_fields:
         value = cells.get(question.code, "") or ""
         selected = {part for part in value.split(";") if part} if question.kind == "multi_select" else {value}
         if question.kind == "yes_no":
@@ -182,7 +182,7 @@ class FormApp:
         if answers is None:
             return []
         return [(question.label, shown_answer(question, answers.get(question.code), words["words"]))
-                for question in questionnaire.questions]
+                for question in questionnaire.answer_fields]
 
     def form_page(self, participant: Participant, questionnaire: Questionnaire, *, cells: Mapping[str, str],
                   errors: Mapping[str, list[Any]], csrf_value: str, notice: str | None, previous: Previous,

@@ -117,7 +117,7 @@ def cells_from_fields(questionnaire: Questionnaire, fields: Mapping[str, list[st
     """The answer cells as a plain export writes them: one string per question code, multi-select codes joined
     with ``;``. Anything posted that is not a question of this questionnaire is ignored."""
     cells: dict[str, str] = {}
-    for question in questionnaire.questions:
+    for question in questionnaire.answer_fields:
         values = [value.strip() for value in fields.get(question.code, []) if value.strip()]
         if question.kind == "multi_select":
             cells[question.code] = ";".join(dict.fromkeys(values))
@@ -372,7 +372,7 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
 def cells_from_answers(questionnaire: Questionnaire, answers: Mapping[str, Any]) -> dict[str, str]:
     """Typed answers (``responses.answers``) back to the cells a form shows, to revise an accepted response."""
     cells: dict[str, str] = {}
-    for question in questionnaire.questions:
+    for question in questionnaire.answer_fields:
         value = answers.get(question.code)
         if value is None:
             cells[question.code] = ""
