@@ -41,6 +41,7 @@ from consult.form.submissions import (
     cells_from_answers,
     cells_from_fields,
     find_participant,
+    form_fields,
     previous_answers,
     questionnaire_of,
     shown_answer,
@@ -139,7 +140,7 @@ class FieldView:
 def field_views(questionnaire: Questionnaire, cells: Mapping[str, str], errors: Mapping[str, list[Any]],
                 words: Mapping[str, Any]) -> list[FieldView]:
     views = []
-    for question in questionnaire.answer_fields:
+    for question in form_fields(questionnaire):
         value = cells.get(question.code, "") or ""
         selected = {part for part in value.split(";") if part} if question.kind == "multi_select" else {value}
         if question.kind == "yes_no":
@@ -182,7 +183,7 @@ class FormApp:
         if answers is None:
             return []
         return [(question.label, shown_answer(question, answers.get(question.code), words["words"]))
-                for question in questionnaire.answer_fields]
+                for question in form_fields(questionnaire)]
 
     def form_page(self, participant: Participant, questionnaire: Questionnaire, *, cells: Mapping[str, str],
                   errors: Mapping[str, list[Any]], csrf_value: str, notice: str | None, previous: Previous,

@@ -113,11 +113,17 @@ def _suite(questionnaire: Questionnaire) -> dict[str, Any]:
 # --- form fields -> the cells a file row would hold --------------------------------------------------------
 
 
+def form_fields(questionnaire: Questionnaire) -> list[Question]:
+    """The fields a form asks: each question, a matrix as its rows, an other text or option comment on its own
+    (:attr:`Questionnaire.answer_fields`; a stand-in with only ``questions`` asks those)."""
+    return list(getattr(questionnaire, "answer_fields", questionnaire.questions))
+
+
 def cells_from_fields(questionnaire: Questionnaire, fields: Mapping[str, list[str]]) -> dict[str, str]:
     """The answer cells as a plain export writes them: one string per question code, multi-select codes joined
     with ``;``. Anything posted that is not a question of this questionnaire is ignored."""
     cells: dict[str, str] = {}
-    for question in questionnaire.answer_fields:
+    for question in form_fields(questionnaire):
         values = [value.strip() for value in fields.get(question.code, []) if value.strip()]
         if question.kind == "multi_select":
             cells[question.code] = ";".join(dict.fromkeys(values))
@@ -372,7 +378,7 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
 def cells_from_answers(questionnaire: Questionnaire, answers: Mapping[str, Any]) -> dict[str, str]:
     """Typed answers (``responses.answers``) back to the cells a form shows, to revise an accepted response."""
     cells: dict[str, str] = {}
-    for question in questionnaire.answer_fields:
+    for question in form_fields(questionnaire):
         value = answers.get(question.code)
         if value is None:
             cells[question.code] = ""
