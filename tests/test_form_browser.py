@@ -126,6 +126,7 @@ def test_a_partnership_answers_from_its_invitation_in_a_real_browser(
         page.get_by_label("Cooperation agreements signed with third-country partners this year").fill("twelve")
         page.get_by_label("Share of the budget spent on internationalisation (percent)").fill("12.5")
         page.locator("#field-business_missions_planned").get_by_label("Yes").check()
+        page.locator("#field-helpdesk_satisfaction").get_by_label("4", exact=True).check()
         page.get_by_label("A success story").fill("<b>MoU</b> signed with a partner in Japan")
         page.set_viewport_size({"width": 1200, "height": 900})
         page.screenshot(path=str(test_output_dir / "form-filled.png"), full_page=True)
@@ -152,6 +153,7 @@ def test_a_partnership_answers_from_its_invitation_in_a_real_browser(
         page.goto(link)
         assert page.get_by_label("Cooperation agreements signed with third-country partners this year").input_value() == "7"
         assert page.get_by_label("Southern Europe").is_checked()
+        assert page.locator("#field-helpdesk_satisfaction").get_by_label("4", exact=True).is_checked()
         page.click("#submit")
         assert page.locator("#confirmation").is_visible()
         summary = page.locator("#summary").inner_text()
@@ -170,7 +172,9 @@ def test_a_partnership_answers_from_its_invitation_in_a_real_browser(
     with session_scope(engine) as session:
         report = compute_report(session, 2021)
     assert report.value("responses") == 1
-    assert report.value("cooperation_agreements_total") == 7
+    assert report.value("cooperation_agreements_sum") == 7
+    assert report.value("helpdesk_satisfaction_mean") == 4
+    assert report.value("helpdesk_satisfaction", "option=4") == 1
 
     reminders = send_reminders(2021, force=True)
     assert reminders is not None
