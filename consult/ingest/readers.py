@@ -141,8 +141,12 @@ def read_table(path: Path) -> Table:
 def read_response_file(path: Path | str, questionnaire: Questionnaire) -> ResponseFile:
     """Read one export; any problem that stops reading is one ConsultError naming the file."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise ConsultError(f"{path}: is a folder, not a file; give the export file(s) inside it")
+    if not path.exists():
         raise ConsultError(f"{path}: file not found")
+    if not path.is_file():
+        raise ConsultError(f"{path}: not a regular file")
     if path.stat().st_size == 0:
         raise ConsultError(f"{path}: the file is empty (not even a header row)")
     # Hashing and compressing run beside the parsing, on the other core: zlib, hashlib and pandas' tokenizer
@@ -151,6 +155,9 @@ def read_response_file(path: Path | str, questionnaire: Questionnaire) -> Respon
         digest = pool.submit(file_digest, path)
         table = read_table(path)
         sha256, size, content = digest.result()
+    if table.cells.empty:
+        # A header and nothing under it is an export gone wrong, not a round without answers.
+        raise ConsultError(f"{path}: the file has a header row but no response row")
     layout = _detect_layout(table.cells)
     cells, question_columns, mapping_notes = _canonical_cells(path, table.cells, questionnaire, layout)
     return ResponseFile(

@@ -1,0 +1,95 @@
+"""Hostile and careless response files through `consult ingest`: each refusal is one `error:` line naming the
+file (and the row or limit), a non-zero exit, and a database left exactly as it was."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from db.models import IngestedFile, QuarantinedRow, Response
+from tests.conftest import EXAMPLES
+
+CONSULT = str(Path(sys.executable).parent / "consult")
+HEADER = (EXAMPLES / "responses-2019.csv").read_text(encoding="utf-8").splitlines()[0]
+
+
+def run_consult(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The real command line in a child process, on the test's database and the session's Prefect server."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ) | {"PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    return subprocess.run([CONSULT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
+def counts(engine: Engine) -> tuple[int, int, int]:
+    with engine.connect() as connection:
+        return tuple(  # type: ignore[return-value]
+            connection.scalar(select(func.count()).select_from(table))
+            for table in (IngestedFile, Response, QuarantinedRow)
+        )
+
+
+def console_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+
+
+def assert_one_line_refusal(result: subprocess.CompletedProcess[str], *expected: str) -> str:
+    """The whole console output is one `error:` line holding every expected fragment; exit status non-zero."""
+    lines = console_lines(result)
+    assert result.returncode != 0, lines
+    assert len(lines) == 1, "\n".join(lines)
+    assert lines[0].startswith("error: "), lines[0]
+    for fragment in expected:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def ingest_refused(tmp_path: Path, engine: Engine, path: Path, *expected: str) -> str:
+    before = counts(engine)
+    line = assert_one_line_refusal(run_consult("ingest", "2019", str(path), cwd=tmp_path), path.name, *expected)
+    assert counts(engine) == before
+    return line
+
+
+# --- one line per refusal --------------------------------------------------------------------------------
+
+
+def test_an_empty_file_is_refused_in_one_line(tmp_path, engine, round_2019):
+    path = tmp_path / "empty.csv"
+    path.write_bytes(b"")
+    ingest_refused(tmp_path, engine, path, "empty")
+
+
+def test_a_missing_file_is_refused_in_one_line(tmp_path, engine, round_2019):
+    ingest_refused(tmp_path, engine, tmp_path / "nowhere.csv", "not found")
+
+
+def test_a_folder_is_refused_as_a_folder_not_as_a_missing_file(tmp_path, engine, round_2019):
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    line = ingest_refused(tmp_path, engine, folder, "folder")
+    assert "not found" not in line
+
+
+def test_a_file_of_unknown_layout_is_refused_in_one_line(tmp_path, engine, round_2019):
+    path = tmp_path / "other.csv"
+    path.write_text("colour,size\nred,3\n", encoding="utf-8")
+    ingest_refused(tmp_path, engine, path, "no recognisable question column", "colour")
+
+
+def test_a_header_only_csv_is_refused_not_recorded_as_an_empty_file(tmp_path, engine, round_2019):
+    path = tmp_path / "header-only.csv"
+    path.write_text(HEADER + "\n", encoding="utf-8")
+    ingest_refused(tmp_path, engine, path, "no response row")
+
+
+@pytest.mark.parametrize("command", [["invite", "2030"], ["remind", "2030"], ["publish", "2030"]], ids=" ".join)
+def test_every_command_that_runs_a_flow_fails_in_one_line(command, tmp_path, engine, round_2019):
+    """A flow that fails (here: a round never opened) shows no Prefect traceback, only the command's line."""
+    assert_one_line_refusal(run_consult(*command, cwd=tmp_path), "2030")
