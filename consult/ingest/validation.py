@@ -25,6 +25,7 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from consult.ingest import data_docs
 from consult.ingest.normalise import INTEGER_PATTERN, NUMBER_PATTERN, Reason, distinct
 from consult.questionnaire import Question, Questionnaire, load_questionnaire
 from consult.settings import EXPECTATIONS_DIR
@@ -286,6 +287,7 @@ class SuiteRun:
     suite: dict[str, Any]
     gx_result: Any = None
     gx_result_id: Any = None
+    asset_name: str = ""
 
 
 def run_suite(frame: pd.DataFrame, suite: dict[str, Any], *, asset_name: str) -> SuiteRun:
@@ -298,7 +300,7 @@ def run_suite(frame: pd.DataFrame, suite: dict[str, Any], *, asset_name: str) ->
     batch = asset.add_batch_definition_whole_dataframe("whole file")
     gx_suite = context.suites.add(_gx_suite(gx, suite))
     definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=f"{suite['name']} on {asset_name}", data=batch, suite=gx_suite)
+        gx.ValidationDefinition(name=f"{suite['name']} on {asset.name}", data=batch, suite=gx_suite)
     )
     result_format = {"result_format": "COMPLETE", "unexpected_index_column_names": [ROW],
                      "return_unexpected_index_query": False}
@@ -306,7 +308,7 @@ def run_suite(frame: pd.DataFrame, suite: dict[str, Any], *, asset_name: str) ->
         gx.Checkpoint(name="ingest", validation_definitions=[definition], actions=[], result_format=result_format)
     )
     outcome = checkpoint.run(batch_parameters={"dataframe": frame})
-    run = SuiteRun(expectations=[], suite=suite)
+    run = SuiteRun(expectations=[], suite=suite, asset_name=asset_name)
     for result_id, run_result in outcome.run_results.items():
         run.gx_result, run.gx_result_id = run_result, result_id
         for item in run_result.results:
@@ -331,9 +333,12 @@ def run_suite(frame: pd.DataFrame, suite: dict[str, Any], *, asset_name: str) ->
     return run
 
 
-def render_data_docs(runs: list[SuiteRun], folder: Path) -> Path | None:
+def render_data_docs(runs: list[SuiteRun], folder: Path, *, cap: int = 20) -> Path | None:
     """Render the Data Docs of these suite runs into ``folder`` (pages of earlier runs there stay listed);
     returns the index page, or None when no run has a result to show.
+
+    Values are escaped and at most ``cap`` unexpected values are shown per expectation; the pages are then made
+    self-contained with a CSP that allows no script (:mod:`consult.ingest.data_docs`).
 
     Apart from the validation, so that the flow renders them while the responses are being stored.
     """
@@ -353,13 +358,29 @@ def render_data_docs(runs: list[SuiteRun], folder: Path) -> Path | None:
         },
     )
     suites: set[str] = set()
+    pages: list[data_docs.PageEntry] = []
     for run in shown:
         if run.suite["name"] not in suites:
             context.suites.add(_gx_suite(gx, run.suite))
             suites.add(run.suite["name"])
+        data_docs.prepare_result(run.gx_result, cap)
         context.validation_results_store.set(run.gx_result_id, run.gx_result)
+        pages.append(_page_entry(run))
     context.build_data_docs(site_names=["dq"])
-    return (folder / "index.html").resolve()
+    data_docs.make_offline(folder)
+    data_docs.record_pages(folder, pages)
+    return data_docs.write_index(folder).resolve()
+
+
+def _page_entry(run: SuiteRun) -> data_docs.PageEntry:
+    suite, run_id, run_time, batch = (str(part) for part in run.gx_result_id.to_tuple())
+    return data_docs.PageEntry(
+        page=f"validations/{suite}/{run_id}/{run_time}/{batch}.html",
+        file=str(run.asset_name),
+        run_time=run_time,
+        success=bool(run.gx_result.success),
+        failed_expectations=sum(1 for item in run.expectations if not item["success"]),
+    )
 
 
 def validate(
