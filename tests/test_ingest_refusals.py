@@ -3,9 +3,11 @@ file (and the row or limit), a non-zero exit, and a database left exactly as it 
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,11 +20,11 @@ CONSULT = str(Path(sys.executable).parent / "consult")
 HEADER = (EXAMPLES / "responses-2019.csv").read_text(encoding="utf-8").splitlines()[0]
 
 
-def run_consult(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_consult(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The real command line in a child process, on the test's database and the session's Prefect server."""
     from prefect.settings import PREFECT_API_URL
 
-    env = dict(os.environ) | {"PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    env = dict(os.environ) | {"PREFECT_API_URL": str(PREFECT_API_URL.value())} | (env or {})
     return subprocess.run([CONSULT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
                           check=False)
 
@@ -50,9 +52,10 @@ def assert_one_line_refusal(result: subprocess.CompletedProcess[str], *expected:
     return lines[0]
 
 
-def ingest_refused(tmp_path: Path, engine: Engine, path: Path, *expected: str) -> str:
+def ingest_refused(tmp_path: Path, engine: Engine, path: Path, *expected: str, env: dict[str, str] | None = None) -> str:
     before = counts(engine)
-    line = assert_one_line_refusal(run_consult("ingest", "2019", str(path), cwd=tmp_path), path.name, *expected)
+    result = run_consult("ingest", "2019", str(path), cwd=tmp_path, env=env)
+    line = assert_one_line_refusal(result, path.name, *expected)
     assert counts(engine) == before
     return line
 
@@ -93,3 +96,67 @@ def test_a_header_only_csv_is_refused_not_recorded_as_an_empty_file(tmp_path, en
 def test_every_command_that_runs_a_flow_fails_in_one_line(command, tmp_path, engine, round_2019):
     """A flow that fails (here: a round never opened) shows no Prefect traceback, only the command's line."""
     assert_one_line_refusal(run_consult(*command, cwd=tmp_path), "2030")
+
+
+# --- archives bounded before they are read -----------------------------------------------------------------
+
+
+def reference_rows() -> list[list[str]]:
+    with open(EXAMPLES / "responses-2019.csv", encoding="utf-8", newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def write_xlsx(path: Path, rows: list[list[str]]) -> Path:
+    import openpyxl
+
+    workbook = openpyxl.Workbook()
+    for row in rows:
+        workbook.active.append(row)
+    workbook.save(path)
+    return path
+
+
+def inflate_sheet(path: Path, padding: int) -> Path:
+    """Rewrite an XLSX so that its sheet holds ``padding`` bytes of whitespace: tiny on disk, huge inflated."""
+    with zipfile.ZipFile(path) as archive:
+        members = [(info.filename, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        for name, data in members:
+            if name == "xl/worksheets/sheet1.xml":
+                data = data.replace(b"<sheetData>", b"<sheetData>" + b" " * padding, 1)
+            archive.writestr(name, data)
+    return path
+
+
+def test_an_xlsx_zip_bomb_is_refused_before_it_is_inflated(tmp_path, engine, round_2019):
+    path = inflate_sheet(write_xlsx(tmp_path / "bomb.xlsx", reference_rows()), 256 * 1024 * 1024)
+    assert path.stat().st_size < 2 * 1024 * 1024
+    ingest_refused(tmp_path, engine, path, "xl/worksheets/sheet1.xml", "CONSULT_XLSX_MAX_COMPRESSION_RATIO")
+
+
+def test_an_xlsx_over_the_uncompressed_size_limit_is_refused_naming_the_limit(tmp_path, engine, round_2019):
+    path = write_xlsx(tmp_path / "big.xlsx", reference_rows())
+    with zipfile.ZipFile(path) as archive:
+        inflated = sum(info.file_size for info in archive.infolist())
+    limit = inflated - 1
+    ingest_refused(tmp_path, engine, path, f"CONSULT_XLSX_MAX_UNCOMPRESSED_BYTES={limit:,}",
+                   env={"CONSULT_XLSX_MAX_UNCOMPRESSED_BYTES": str(limit)})
+    # At the limit itself the same file is read.
+    result = run_consult("ingest", "2019", str(path), cwd=tmp_path,
+                         env={"CONSULT_XLSX_MAX_UNCOMPRESSED_BYTES": str(inflated)})
+    assert result.returncode == 0, result.stderr
+
+
+def test_an_xlsx_with_more_rows_than_the_limit_is_refused_while_streaming(tmp_path, engine, round_2019):
+    rows = reference_rows()
+    path = write_xlsx(tmp_path / "long.xlsx", rows + [rows[-1]] * 200)
+    ingest_refused(tmp_path, engine, path, "more than 100 rows", "CONSULT_MAX_ROWS",
+                   env={"CONSULT_MAX_ROWS": "100"})
+
+
+def test_a_csv_with_more_rows_than_the_limit_is_refused(tmp_path, engine, round_2019):
+    rows = reference_rows()
+    path = tmp_path / "long.csv"
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        csv.writer(handle).writerows(rows + [rows[-1]] * 200)
+    ingest_refused(tmp_path, engine, path, "more than 100 rows", env={"CONSULT_MAX_ROWS": "100"})

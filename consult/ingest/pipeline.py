@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from consult.errors import ConsultError
 from consult.ingest.matching import load_directory, match_partnerships
 from consult.ingest.normalise import AnswerWriter, Reason, normalise
-from consult.ingest.readers import ResponseFile, _canonical_cells, read_response_file
+from consult.ingest.readers import ReadLimits, ResponseFile, _canonical_cells, read_response_file
 from consult.ingest.store import (
     FileSummary,
     IngestSummary,
@@ -78,7 +78,8 @@ def read_files(settings: Settings, year: int, paths: list[str]) -> list[Response
         raise ConsultError("no response file given")
     with session_scope(_engine(settings)) as session:
         questionnaire = _round_questionnaire(session, year)
-    return [read_response_file(Path(path), questionnaire) for path in paths]
+    limits = ReadLimits.from_settings(settings)
+    return [read_response_file(Path(path), questionnaire, limits) for path in paths]
 
 
 def match_files(settings: Settings, year: int, files: list[ResponseFile]) -> list[MatchedFile]:

@@ -57,6 +57,27 @@ _EUSURVEY_MARKER = "contributionid"
 _MAX_METADATA_ROWS = 30
 
 
+@dataclass(frozen=True)
+class ReadLimits:
+    """What a response file may hold before it is read (defaults: consult.settings.Settings)."""
+
+    xlsx_max_uncompressed_bytes: int = 512 * 1024 * 1024
+    xlsx_max_compression_ratio: int = 200
+    max_rows: int = 2_000_000
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> ReadLimits:
+        return cls(
+            xlsx_max_uncompressed_bytes=settings.xlsx_max_uncompressed_bytes,
+            xlsx_max_compression_ratio=settings.xlsx_max_compression_ratio,
+            max_rows=settings.max_rows,
+        )
+
+
+# A member smaller than this is never a bomb, whatever its ratio (a sheet of empty cells compresses well).
+_RATIO_CHECKED_FROM = 1024 * 1024
+
+
 @dataclass
 class ResponseFile:
     """A response file as read: its identity, how it was read, its raw cells and the canonical cells."""
@@ -110,11 +131,13 @@ class Table:
     notes: list[str]
 
 
-def read_table(path: Path) -> Table:
+def read_table(path: Path, limits: ReadLimits | None = None) -> Table:
     """The raw cells of an export (no mapping to questions); a ConsultError naming the file if unreadable."""
+    limits = limits or ReadLimits()
     suffix = path.suffix.lower()
     if suffix in (".xlsx", ".xlsm"):
-        table, header_row, notes = _read_xlsx(path)
+        check_archive(path, limits)
+        table, header_row, notes = _read_xlsx(path, limits)
         file_format: FileFormat = "xlsx"
         encoding = delimiter = None
     elif suffix in (".jsonl", ".ndjson"):
@@ -133,12 +156,18 @@ def read_table(path: Path) -> Table:
         else:
             raise ConsultError(f"{path}: the text is neither UTF-8 nor cp1252; save it as UTF-8 CSV")
         file_format = "csv"
+    if len(table) > limits.max_rows:
+        raise ConsultError(
+            f"{path}: refused: more than {limits.max_rows:,} rows (limit CONSULT_MAX_ROWS); split the file"
+        )
     if header_row is not None:
         table.index = pd.RangeIndex(header_row + 1, header_row + 1 + len(table), name="row_number")
     return Table(cells=table, file_format=file_format, encoding=encoding, delimiter=delimiter, notes=notes)
 
 
-def read_response_file(path: Path | str, questionnaire: Questionnaire) -> ResponseFile:
+def read_response_file(
+    path: Path | str, questionnaire: Questionnaire, limits: ReadLimits | None = None
+) -> ResponseFile:
     """Read one export; any problem that stops reading is one ConsultError naming the file."""
     path = Path(path)
     if path.is_dir():
@@ -153,7 +182,7 @@ def read_response_file(path: Path | str, questionnaire: Questionnaire) -> Respon
     # all release the GIL (a million-row export: 0.8 s saved of 3).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="digest") as pool:
         digest = pool.submit(file_digest, path)
-        table = read_table(path)
+        table = read_table(path, limits)
         sha256, size, content = digest.result()
     if table.cells.empty:
         # A header and nothing under it is an export gone wrong, not a round without answers.
@@ -245,18 +274,56 @@ def _read_csv(path: Path, encoding: str, delimiter: str) -> tuple[pd.DataFrame, 
 # --- XLSX --------------------------------------------------------------------------------------------------
 
 
-def _read_xlsx(path: Path) -> tuple[pd.DataFrame, int | None, list[str]]:
+def check_archive(path: Path, limits: ReadLimits) -> None:
+    """Refuse a zip bomb before anything inflates it, from the sizes in the archive's central directory.
+
+    The declared sizes can be trusted as bounds: Python's zipfile stops inflating a member at its declared size
+    (and then fails its CRC check), so a member cannot grow past what is checked here."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise ConsultError(f"{path}: not a readable XLSX file ({str(error).strip().splitlines()[0]})") from None
+    total = 0
+    for member in members:
+        total += member.file_size
+        ratio = member.file_size / max(member.compress_size, 1)
+        if member.file_size >= _RATIO_CHECKED_FROM and ratio > limits.xlsx_max_compression_ratio:
+            raise ConsultError(
+                f"{path}: refused: {member.filename} inflates {ratio:,.0f} times "
+                f"(limit CONSULT_XLSX_MAX_COMPRESSION_RATIO={limits.xlsx_max_compression_ratio}); "
+                "not what a survey tool exports"
+            )
+    if total > limits.xlsx_max_uncompressed_bytes:
+        raise ConsultError(
+            f"{path}: refused: the workbook inflates to {total:,} bytes "
+            f"(limit CONSULT_XLSX_MAX_UNCOMPRESSED_BYTES={limits.xlsx_max_uncompressed_bytes:,})"
+        )
+
+
+def _read_xlsx(path: Path, limits: ReadLimits) -> tuple[pd.DataFrame, int | None, list[str]]:
     # openpyxl parses with defusedxml when it is installed, which refuses entity declarations (billion laughs).
     import openpyxl
     from defusedxml import DefusedXmlException
 
+    # Rows are counted as they stream: a sheet of millions of rows stops at the limit, not after it is read.
+    # (The header and EUSurvey's metadata rows come on top of the limit on response rows.)
+    row_limit = limits.max_rows + _MAX_METADATA_ROWS + 1
     try:
         workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
         try:
             sheet = workbook.worksheets[0]
-            rows = [[_xlsx_cell(value) for value in row] for row in sheet.iter_rows(values_only=True)]
+            rows = []
+            for row in sheet.iter_rows(values_only=True):
+                if len(rows) >= row_limit:
+                    raise ConsultError(
+                        f"{path}: refused: more than {limits.max_rows:,} rows (limit CONSULT_MAX_ROWS); split the file"
+                    )
+                rows.append([_xlsx_cell(value) for value in row])
         finally:
             workbook.close()
+    except ConsultError:
+        raise
     except Exception as error:  # noqa: BLE001 - openpyxl wraps zip, XML and defusedxml errors in its own types
         refused = _entity_refusal(error, DefusedXmlException)
         if refused is not None:
