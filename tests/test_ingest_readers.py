@@ -96,11 +96,10 @@ def test_empty_file_is_refused(tmp_path, questionnaire) -> None:
         read_response_file(write(tmp_path, "empty.csv", b""), questionnaire)
 
 
-def test_header_only_file_has_no_rows(tmp_path, questionnaire) -> None:
-    """A header without rows is a valid, empty export."""
-    read = read_response_file(write(tmp_path, "header.csv", HEADER + "\n"), questionnaire)
-    assert read.row_count == 0
-    assert list(read.cells.columns[:4]) == ["token", "partnership_id", "email", "submitted_at"]
+def test_header_only_file_is_refused(tmp_path, questionnaire) -> None:
+    """A header without rows is an export gone wrong: refused, never recorded as a file of 0 rows."""
+    with pytest.raises(ConsultError, match=r"header\.csv: the file has a header row but no response row"):
+        read_response_file(write(tmp_path, "header.csv", HEADER + "\n"), questionnaire)
 
 
 def test_file_without_question_columns_is_refused(tmp_path, questionnaire) -> None:
