@@ -160,3 +160,87 @@ def test_a_csv_with_more_rows_than_the_limit_is_refused(tmp_path, engine, round_
     with open(path, "w", encoding="utf-8", newline="") as handle:
         csv.writer(handle).writerows(rows + [rows[-1]] * 200)
     ingest_refused(tmp_path, engine, path, "more than 100 rows", env={"CONSULT_MAX_ROWS": "100"})
+
+
+# --- no silent change of data ------------------------------------------------------------------------------
+
+
+def reference_lines() -> list[bytes]:
+    return (EXAMPLES / "responses-2019.csv").read_bytes().splitlines()
+
+
+def padded_csv(path: Path, row: bytes, *, after_bytes: int = 70 * 1024, first: bytes | None = None) -> int:
+    """The reference export, then copies of its first answer until ``after_bytes``, then ``row``; returns the
+    line number of ``row``."""
+    lines = reference_lines()
+    body = [first or lines[1]]
+    while sum(len(line) + 1 for line in body) < after_bytes:
+        body.append(lines[1])
+    content = [lines[0], *body, row]
+    path.write_bytes(b"\n".join(content) + b"\n")
+    return len(content)
+
+
+def stored_story(engine: Engine, partnership_code: str) -> str | None:
+    from db.models import Partnership
+
+    with engine.connect() as connection:
+        answers = connection.scalars(
+            select(Response.answers).join(Partnership, Partnership.id == Response.partnership_id)
+            .where(Partnership.code == partnership_code, Response.status == "accepted")
+        ).all()
+    return answers[0].get("success_story") if answers else None
+
+
+def test_a_csv_with_a_heading_twice_is_refused(tmp_path, engine, round_2019):
+    lines = reference_lines()
+    path = tmp_path / "twice.csv"
+    path.write_bytes(lines[0] + b",markets\n" + b"\n".join(line + b",CA" for line in lines[1:]) + b"\n")
+    ingest_refused(tmp_path, engine, path, "'markets' appears twice")
+
+
+def test_a_json_lines_file_with_a_key_twice_is_refused(tmp_path, engine, round_2019):
+    path = tmp_path / "twice.jsonl"
+    path.write_text('{"partnership_id": "ESCP4I-01", "markets": "US", "markets": "CA"}\n', encoding="utf-8")
+    ingest_refused(tmp_path, engine, path, "line 1", "'markets' appears twice")
+
+
+def test_a_cp1252_byte_after_64_kib_of_utf8_is_refused_naming_its_line(tmp_path, engine, round_2019):
+    path = tmp_path / "mixed.csv"
+    accented = reference_lines()[1].replace(b"ESCP4I-01", b"ESCP4I-02") + "Café".encode()
+    line = padded_csv(path, reference_lines()[2] + "Crème".encode("cp1252"), first=accented)
+    ingest_refused(tmp_path, engine, path, f"line {line}", "0xE8", "not UTF-8")
+
+
+def test_a_cp1252_file_whose_first_accent_comes_after_64_kib_keeps_its_accents(tmp_path, engine, round_2019):
+    """Decided on the whole file: all cp1252, so read as cp1252 and 'Café' stays 'Café'."""
+    path = tmp_path / "windows.csv"
+    row = reference_lines()[4]
+    assert row.startswith(b"ESCP4I-04,") and row.endswith(b",")
+    padded_csv(path, row.replace(b"2019-03-06", b"2019-03-30") + "Café crème".encode("cp1252"))
+    result = run_consult("ingest", "2019", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert stored_story(engine, "ESCP4I-04") == "Café crème"
+
+
+def test_a_nul_byte_after_64_kib_is_refused_naming_its_line(tmp_path, engine, round_2019):
+    path = tmp_path / "nul.csv"
+    line = padded_csv(path, reference_lines()[3] + b"before\x00after")
+    ingest_refused(tmp_path, engine, path, f"line {line}", "NUL")
+
+
+def test_a_lone_cr_in_a_story_does_not_start_a_markdown_heading_in_the_summary(tmp_path, engine, round_2019):
+    lines = reference_lines()
+    lines[4] = lines[4] + b'"Joint mission to Canada\r# Not a heading\rSetext\r==="'
+    path = tmp_path / "cr.csv"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    assert run_consult("ingest", "2019", str(path), cwd=tmp_path).returncode == 0
+    assert stored_story(engine, "ESCP4I-04") == "Joint mission to Canada\n# Not a heading\nSetext\n==="
+    published = run_consult("publish", "2019", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert published.returncode == 0, published.stderr
+    markdown = (tmp_path / "out" / "2019" / "summary-2019.md").read_text(encoding="utf-8")
+    assert "\r" not in markdown and "\u2028" not in markdown
+    story_lines = [line for line in markdown.splitlines() if "Not a heading" in line]
+    assert story_lines, markdown
+    assert not any(line.lstrip().startswith(("#", "===")) for line in markdown.splitlines()[1:]
+                   if "Not a heading" in line or line.strip() == "===")

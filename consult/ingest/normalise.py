@@ -69,6 +69,14 @@ def distinct(column: pd.Series) -> tuple[np.ndarray, list[Any]]:
     return codes, list(uniques)
 
 
+_LINE_BREAKS = re.compile("\r\n?|[\u2028\u2029\x85\x0b\x0c]")
+
+
+def normalise_line_breaks(value: str) -> str:
+    """CRLF, a lone CR, NEL, vertical tab, form feed and U+2028/U+2029 -> LF."""
+    return _LINE_BREAKS.sub("\n", value) if isinstance(value, str) else value
+
+
 def _text(value: str) -> str | None:
     return value.strip() or None
 
@@ -121,8 +129,10 @@ def _normalise_question(
 ) -> dict[str, pd.Series]:
     code = question.code
     if question.kind == "text":
-        # Free text is kept exactly as written (HTML, formulas, line breaks): it is escaped wherever it is shown.
-        text = values.to_numpy(dtype=object)
+        # Free text is kept as written (HTML, formulas): it is escaped wherever it is shown. Only its line breaks
+        # are made one kind: a lone CR or U+2028 would otherwise start a new line in some renderers (Markdown)
+        # and not in others (the code that quotes the text line by line).
+        text = values.astype(str).str.replace(_LINE_BREAKS.pattern, "\n", regex=True).to_numpy(dtype=object)
         blank = np.array([not value.strip() for value in text.tolist()], dtype=bool)
         kept = text.copy()
         kept[blank] = None

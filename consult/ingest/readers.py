@@ -145,16 +145,10 @@ def read_table(path: Path, limits: ReadLimits | None = None) -> Table:
         file_format, encoding, delimiter = "jsonl", "utf-8", None
     else:
         encoding, delimiter = detect_csv_dialect(path)
-        # UTF-8 at the start only: the whole file is read as cp1252, as a spreadsheet saved on Windows is.
-        for attempt in (encoding, "cp1252") if encoding == "utf-8" else (encoding,):
-            try:
-                table, header_row, notes = _read_csv(path, attempt, delimiter)
-            except UnicodeDecodeError:
-                continue
-            encoding = attempt
-            break
-        else:
-            raise ConsultError(f"{path}: the text is neither UTF-8 nor cp1252; save it as UTF-8 CSV")
+        try:
+            table, header_row, notes = _read_csv(path, encoding, delimiter)
+        except UnicodeDecodeError:  # the whole file was checked: only a file changed meanwhile gets here
+            raise ConsultError(f"{path}: the text is not {encoding}; save it as UTF-8 CSV") from None
         file_format = "csv"
     if len(table) > limits.max_rows:
         raise ConsultError(
@@ -162,6 +156,8 @@ def read_table(path: Path, limits: ReadLimits | None = None) -> Table:
         )
     if header_row is not None:
         table.index = pd.RangeIndex(header_row + 1, header_row + 1 + len(table), name="row_number")
+    if file_format != "csv":  # a CSV's bytes were checked for NUL already
+        _refuse_nul_cells(path, table)
     return Table(cells=table, file_format=file_format, encoding=encoding, delimiter=delimiter, notes=notes)
 
 
@@ -211,33 +207,83 @@ def read_response_file(
 
 
 def detect_csv_dialect(path: Path) -> tuple[str, str]:
-    """(encoding, delimiter) of a CSV file from its first 64 KiB: UTF-8 with BOM, UTF-8, else cp1252; ``,`` or
-    ``;``. A file whose start is UTF-8 but whose rest is not is caught when it is parsed (see :func:`_read_csv`)."""
+    """(encoding, delimiter) of a CSV file: UTF-8 with BOM, UTF-8, else cp1252, decided on the whole file; ``,`` or
+    ``;`` from the header line.
+
+    A file that is UTF-8 in part and something else elsewhere is refused, naming the line of the first byte
+    that is not UTF-8: reading it all as cp1252 would garble every accent (``Café`` -> ``CafÃ©``) without a
+    word. A NUL byte (UTF-16, a binary file, or a cell that the parser would cut short) is refused with its line.
+    """
     with path.open("rb") as handle:
         head = handle.read(64 * 1024)
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in head:
-        raise ConsultError(f"{path}: not a text file in UTF-8 or cp1252 (NUL bytes: UTF-16 or binary?)")
-    if head.startswith(codecs.BOM_UTF8):
-        encoding = "utf-8-sig"
-    elif _decodes(head, "utf-8"):
-        encoding = "utf-8"
-    elif _decodes(head, "cp1252"):
-        encoding = "cp1252"
-    else:
-        raise ConsultError(f"{path}: the text is neither UTF-8 nor cp1252; save it as UTF-8 CSV")
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise ConsultError(f"{path}: not a text file in UTF-8 or cp1252 (UTF-16); save it as UTF-8 CSV")
+    encoding = _whole_file_encoding(path)
     header = head.decode(encoding, errors="replace").lstrip("\ufeff").splitlines()[0] if head.strip() else ""
     unquoted = re.sub(r'"[^"]*"', "", header)
     delimiter = ";" if unquoted.count(";") > unquoted.count(",") else ","
     return encoding, delimiter
 
 
-def _decodes(head: bytes, encoding: str) -> bool:
-    """Whether ``head`` decodes, allowing a character cut in two at its end."""
+# Well-formed multi-byte UTF-8 sequences: a cp1252 file practically never holds one (it would read "Ã©").
+_UTF8_MULTIBYTE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
+
+
+def _whole_file_encoding(path: Path) -> str:
+    """UTF-8 (with or without BOM) when every byte of the file decodes so; cp1252 when no byte sequence of the
+    file is UTF-8 beyond ASCII; otherwise a ConsultError naming the line of the first byte that is not UTF-8.
+
+    Streams the file in 1 MiB chunks (a 100 MB export is never held twice)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # bytes of the file before the current chunk
+    lines = 1  # line number at the start of the current chunk
+    first_bad: tuple[int, int, int] | None = None  # (line, byte value, offset)
+    has_utf8 = False
+    bom = False
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            if offset == 0:
+                bom = chunk.startswith(codecs.BOM_UTF8)
+            nul = chunk.find(b"\x00")
+            if nul >= 0:
+                nul_line = lines + chunk.count(b"\n", 0, nul)
+                raise ConsultError(
+                    f"{path}: line {nul_line} holds a NUL byte (0x00): not a text export "
+                    "(UTF-16 or binary?); save it as UTF-8 CSV"
+                )
+            if first_bad is None:
+                try:
+                    decoder.decode(chunk, final=False)
+                except UnicodeDecodeError as error:
+                    # The failing byte may sit a few bytes into the chunk's carried-over start: count from 0.
+                    start = max(error.start, 0)
+                    first_bad = (lines + chunk.count(b"\n", 0, start), chunk[start] if start < len(chunk) else 0,
+                                 offset + start)
+            has_utf8 = has_utf8 or bool(_UTF8_MULTIBYTE.search(chunk))
+            lines += chunk.count(b"\n")
+            offset += len(chunk)
+    if first_bad is None:
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            first_bad = (lines, 0, offset)
+    if first_bad is None:
+        return "utf-8-sig" if bom else "utf-8"
+    line, byte, _ = first_bad
+    if has_utf8 or bom:
+        raise ConsultError(
+            f"{path}: line {line}: byte 0x{byte:02X} is not UTF-8 while the rest of the file is: mixed encodings; "
+            "save the file again as UTF-8 CSV"
+        )
     try:
-        codecs.getincrementaldecoder(encoding)().decode(head, final=False)
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                chunk.decode("cp1252")
     except UnicodeDecodeError:
-        return False
-    return True
+        raise ConsultError(
+            f"{path}: line {line}: byte 0x{byte:02X}: the text is neither UTF-8 nor cp1252; save it as UTF-8 CSV"
+        ) from None
+    return "cp1252"
 
 
 def _read_csv(path: Path, encoding: str, delimiter: str) -> tuple[pd.DataFrame, int, list[str]]:
@@ -265,10 +311,19 @@ def _read_csv(path: Path, encoding: str, delimiter: str) -> tuple[pd.DataFrame, 
     except (pd.errors.ParserError, ValueError) as error:
         raise ConsultError(f"{path}: not a readable CSV file ({str(error).strip().splitlines()[0]})") from None
     table = table.fillna("")
-    table.columns = [str(column).strip() for column in table.columns]
+    # pandas renames a repeated heading ("markets", "markets.1"): the header as written decides.
+    table.columns = [str(column).strip() for column in _csv_header(path, encoding, delimiter, len(table.columns))]
     _refuse_duplicate_headers(path, table)
     notes = [f"read as CSV, encoding {encoding}, delimiter {delimiter!r}"]
     return table, 1, notes
+
+
+def _csv_header(path: Path, encoding: str, delimiter: str, width: int) -> list[str]:
+    """The header row exactly as written (the first record, quotes and all, via the same parser)."""
+    header = pd.read_csv(path, header=None, nrows=1, sep=delimiter, encoding=encoding, dtype=str,
+                         keep_default_na=False, na_filter=False, index_col=False, engine="c")
+    names = ["" if value is None else str(value) for value in header.iloc[0].tolist()] if len(header) else []
+    return (names + [""] * width)[:width]
 
 
 # --- XLSX --------------------------------------------------------------------------------------------------
@@ -388,9 +443,13 @@ def _read_jsonl(path: Path) -> tuple[pd.DataFrame, int, list[str]]:
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = json.loads(line, object_pairs_hook=_refusing_duplicate_keys)
                 except json.JSONDecodeError as error:
                     raise ConsultError(f"{path}: line {line_number} is not valid JSON ({error.msg})") from None
+                except _DuplicateKey as duplicate:
+                    raise ConsultError(
+                        f"{path}: line {line_number}: the key {duplicate.args[0]!r} appears twice"
+                    ) from None
                 if not isinstance(record, dict):
                     raise ConsultError(f"{path}: line {line_number} is not a JSON object")
                 records.append({str(key): _json_cell(value) for key, value in record.items()})
@@ -401,6 +460,20 @@ def _read_jsonl(path: Path) -> tuple[pd.DataFrame, int, list[str]]:
     table = pd.DataFrame.from_records(records).fillna("").astype(str)
     _refuse_duplicate_headers(path, table)
     return table, 0, ["read as JSON lines"]
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _refusing_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads keeps the last of two equal keys without a word: the file is refused instead."""
+    record: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in record:
+            raise _DuplicateKey(key)
+        record[key] = value
+    return record
 
 
 def _json_cell(value: Any) -> str:
@@ -428,6 +501,15 @@ def _refuse_duplicate_headers(path: Path, table: pd.DataFrame) -> None:
         if column in seen and column:
             raise ConsultError(f"{path}: the column {column!r} appears twice in the header")
         seen.add(column)
+
+
+def _refuse_nul_cells(path: Path, table: pd.DataFrame) -> None:
+    """A NUL character is cut off or refused by what comes later (C strings, PostgreSQL text): refused here,
+    with its row, rather than stored shortened."""
+    for column in table.columns:
+        found = table[column].str.contains("\x00", regex=False)
+        if found.any():
+            raise ConsultError(f"{path}: row {found.idxmax()}, column {column!r} holds a NUL character (0x00)")
 
 
 def _detect_layout(table: pd.DataFrame) -> Layout:
@@ -459,6 +541,12 @@ def _canonical_cells(
             identity[identity_of[key]] = column
         elif key in by_name and by_name[key] not in single:
             single[by_name[key]] = column
+        elif key in by_name:
+            # Two headings for one question ("Markets" and "markets", or its code and its label): which one
+            # holds the answer is a guess, and the other would be dropped.
+            raise ConsultError(
+                f"{path}: the columns {single[by_name[key]]!r} and {column!r} both name question {by_name[key]}"
+            )
         elif option_match and _normalise_header(option_match["code"]) in by_name:
             code = by_name[_normalise_header(option_match["code"])]
             options.setdefault(code, []).append((option_match["option"].strip(), column))
