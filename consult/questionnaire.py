@@ -91,6 +91,10 @@ class Questionnaire(BaseModel):
     version: int
     title: str
     match_by: list[MatchKey] = Field(default_factory=lambda: ["token"])
+    dayfirst: bool = Field(
+        default=False,
+        description="Submit dates such as 04/03/2019 are day first (4 March); without it only ISO 8601 is read.",
+    )
     questions: Annotated[list[Question], Field(min_length=1)]
 
     @model_validator(mode="after")

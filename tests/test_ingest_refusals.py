@@ -244,3 +244,87 @@ def test_a_lone_cr_in_a_story_does_not_start_a_markdown_heading_in_the_summary(t
     assert story_lines, markdown
     assert not any(line.lstrip().startswith(("#", "===")) for line in markdown.splitlines()[1:]
                    if "Not a heading" in line or line.strip() == "===")
+
+
+# --- dates by declared formats, numbers bounded ------------------------------------------------------------
+
+
+def quarantined(engine: Engine) -> dict[int, list[dict]]:
+    with engine.connect() as connection:
+        return {row_number: reasons for row_number, reasons in connection.execute(
+            select(QuarantinedRow.row_number, QuarantinedRow.reasons))}
+
+
+def accepted_submissions(engine: Engine) -> dict[str, object]:
+    from db.models import Partnership
+
+    with engine.connect() as connection:
+        return dict(connection.execute(
+            select(Partnership.code, Response.submitted_at).join(Partnership, Partnership.id == Response.partnership_id)
+            .where(Response.status == "accepted")).all())
+
+
+def with_dates(dates: dict[int, str]) -> bytes:
+    """The reference export with the submit dates of some of its lines (1 = first answer) replaced."""
+    lines = reference_lines()
+    for line, date in dates.items():
+        cells = lines[line].split(b",")
+        cells[1] = date.encode()
+        lines[line] = b",".join(cells)
+    return b"\n".join(lines) + b"\n"
+
+
+def test_invalid_ancient_and_future_submit_dates_are_quarantined_with_their_value(tmp_path, engine, round_2019):
+    """2019-13-01, -1, 04/03/2019 (ambiguous: the questionnaire does not say day first), 1999 and 2999: each row is
+    quarantined naming its value; the 2999 row of a partnership that also answered on a real date never becomes
+    its latest submission."""
+    bad = {4: "2019-13-01", 5: "-1", 6: "04/03/2019", 7: "1999-12-31T10:00:00", 8: "2999-01-01"}
+    lines = reference_lines()
+    later_of_first = lines[1].split(b",")
+    later_of_first[1] = b"2999-01-01T00:00:00"
+    path = tmp_path / "dates.csv"
+    path.write_bytes(with_dates(bad) + b",".join(later_of_first) + b"\n")
+    result = run_consult("ingest", "2019", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    reasons = [reason for row in quarantined(engine).values() for reason in row]
+    for value in [*bad.values(), "2999-01-01T00:00:00"]:
+        assert any(reason["column"] == "submitted_at" and reason["value"] == value
+                   and repr(value) in reason["message"] for reason in reasons), value
+    first_code = lines[1].split(b",")[0].decode()
+    submitted = accepted_submissions(engine)[first_code]
+    assert str(submitted).startswith("2019-03-04"), submitted
+
+
+def test_day_first_dates_are_read_where_the_questionnaire_says_so(tmp_path, engine, round_2019):
+    questionnaire = tmp_path / "q-day-first.yaml"
+    questionnaire.write_text((EXAMPLES / "questionnaire-2020.yaml").read_text(encoding="utf-8")
+                             + "\ndayfirst: true\n", encoding="utf-8")
+    opened = run_consult("round", "open", "2020", "--questionnaire", str(questionnaire), cwd=tmp_path)
+    assert opened.returncode == 0, opened.stderr
+    path = tmp_path / "day-first.csv"
+    header, first = (EXAMPLES / "responses-2020.csv").read_text(encoding="utf-8").splitlines()[:2]
+    assert first.startswith("ESCP4I-01,2020-03-02T09:05:00,")
+    path.write_text(header + "\n" + first.replace("2020-03-02T09:05:00", "04/03/2020 10:30") + "\n", encoding="utf-8")
+    result = run_consult("ingest", "2020", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with engine.connect() as connection:
+        stamps = connection.scalars(select(Response.submitted_at)).all()
+    # 4 March 2020 10:30 in Brussels (UTC+1 in winter) is 09:30 UTC, never 3 April.
+    assert [str(stamp)[:16] for stamp in stamps] == ["2020-03-04 09:30"]
+
+
+def test_a_100000_digit_integer_quarantines_its_row_not_the_file(tmp_path, engine, round_2019):
+    huge = "9" * 100_000
+    lines = reference_lines()
+    cells = lines[4].split(b",")
+    position = HEADER.split(",").index("cooperation_agreements")
+    cells[position] = huge.encode()
+    lines[4] = b",".join(cells)
+    path = tmp_path / "huge.csv"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    result = run_consult("ingest", "2019", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    reasons = [reason for row in quarantined(engine).values() for reason in row]
+    assert any(reason["column"] == "cooperation_agreements" and reason["value"] == huge for reason in reasons)
+    assert all(len(reason["message"]) < 300 for reason in reasons)
+    assert len(accepted_submissions(engine)) == 19 - 1  # the reference file's 19 accepted, less this one

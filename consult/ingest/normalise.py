@@ -26,8 +26,12 @@ from consult.questionnaire import ISO3166, Question, Questionnaire
 
 YES = {"yes", "y", "true", "1", "oui", "ja", "si", "sí"}
 NO = {"no", "n", "false", "0", "non", "nein"}
-INTEGER_PATTERN = r"^[+-]?\d+$"
-NUMBER_PATTERN = r"^[+-]?(?:\d+(?:[.,]\d*)?|[.,]\d+)$"
+# Bounded: a number is checked as text before it is converted, so a 100,000-digit "integer" is a quarantined
+# value, not a ValueError (Python's int() refuses over 4,300 digits) that fails the whole file. 15 digits stay
+# exact in a float (and in JSON).
+INTEGER_PATTERN = r"^[+-]?\d{1,15}$"
+NUMBER_PATTERN = r"^[+-]?(?:\d{1,15}(?:[.,]\d{0,15})?|[.,]\d{1,15})$"
+MAX_DIGITS = 15
 
 Reason = dict[str, Any]
 _ALL = slice(None)
@@ -82,6 +86,8 @@ def _text(value: str) -> str | None:
 
 
 def _number(value: str) -> float:
+    if len(value) > 2 * MAX_DIGITS + 8:  # not a number the suite accepts: not converted at all
+        return float("nan")
     try:
         return float(value.strip().replace(",", "."))
     except ValueError:
@@ -89,6 +95,8 @@ def _number(value: str) -> float:
 
 
 def _integer(value: str) -> float:
+    if len(value) > MAX_DIGITS + 8:
+        return float("nan")
     try:
         return float(value.strip())
     except ValueError:
@@ -120,7 +128,7 @@ def normalise(cells: pd.DataFrame, questionnaire: Questionnaire, *, timezone: st
     for question in questionnaire.questions:
         values = cells[question.code] if question.code in cells.columns else empty
         typed.update(_normalise_question(question, values, warnings))
-    typed["submitted_at"] = parse_timestamps(cells["submitted_at"], timezone)
+    typed["submitted_at"] = parse_timestamps(cells["submitted_at"], timezone, dayfirst=questionnaire.dayfirst)
     return Normalised(typed=pd.DataFrame(typed, index=cells.index), warnings=warnings)
 
 
@@ -168,42 +176,60 @@ def _normalise_question(
     return {code: _categorical(codes, uniques, _text, values.index)}  # single_select
 
 
-def parse_timestamps(values: pd.Series, timezone: str) -> pd.Series:
-    """Submit dates as UTC timestamps; naive ones are local time in ``timezone``. Unparseable -> NaT."""
+# The earliest submission date taken as real: survey exports of this engine's panels start long after it, and
+# a "1900-01-01" or a year -1 is a spreadsheet's placeholder, not a date.
+EARLIEST_SUBMISSION = pd.Timestamp("2000-01-01", tz="UTC")
+# Day-first spellings, read only where the questionnaire declares ``dayfirst: true`` (04/03/2019 = 4 March).
+DAY_FIRST_FORMATS = ("%d/%m/%Y %H:%M:%S", "%d/%m/%Y %H:%M", "%d/%m/%Y", "%d.%m.%Y %H:%M:%S", "%d.%m.%Y %H:%M", "%d.%m.%Y")
+# A time followed by an offset or Z (a bare "2019-03-04" ends in "-04", which is no offset).
+_ZONED = r"\d:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+
+
+def parse_timestamps(
+    values: pd.Series, timezone: str, *, dayfirst: bool = False, now: pd.Timestamp | None = None
+) -> pd.Series:
+    """Submit dates as UTC timestamps, read by declared formats only; anything else -> NaT (then quarantined
+    with its value by the suite's submit-date expectation).
+
+    - ISO 8601, strictly (``2019-13-01`` is no date), which covers LimeSurvey's ``YYYY-MM-DD HH:MM:SS`` and the
+      date cells of XLSX exports (EUSurvey's included: the reader writes them as ISO 8601);
+    - ``DD/MM/YYYY [HH:MM[:SS]]`` and ``DD.MM.YYYY ...`` only with ``dayfirst`` (the questionnaire's ``dayfirst:
+      true``): without it ``04/03/2019`` is ambiguous and not guessed;
+    - naive times are local time in ``timezone``; zoned ones keep their offset; both may be mixed in one file;
+    - a date before 2000-01-01 or more than a day after ``now`` is no submission date (a ``2999-01-01`` would
+      otherwise be the "latest submission" for ever).
+    """
     text = values.astype(str).str.strip()
-    text = text.where(text != "", None)
-    try:
-        parsed = pd.to_datetime(text, errors="coerce", format="ISO8601", utc=False)
-    except ValueError:  # naive and zoned dates in one file ("Mixed timezones detected"): one at a time
-        return _parse_each(text, timezone)
-    if parsed.isna().sum() > text.isna().sum():
-        retry = text.notna() & parsed.isna()
-        again = pd.to_datetime(text[retry], errors="coerce", format="mixed", dayfirst=True, utc=False)
-        if isinstance(again.dtype, pd.DatetimeTZDtype) != isinstance(parsed.dtype, pd.DatetimeTZDtype):
-            return _parse_each(text, timezone)
-        parsed = parsed.copy()
-        parsed[retry] = again
-    if isinstance(parsed.dtype, pd.DatetimeTZDtype):
-        return parsed.dt.tz_convert("UTC")
-    if not pd.api.types.is_datetime64_any_dtype(parsed.dtype):
-        return _parse_each(text, timezone)
-    localised = parsed.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="shift_forward")
-    return localised.dt.tz_convert("UTC")
-
-
-def _parse_each(text: pd.Series, timezone: str) -> pd.Series:
-    """Mixed naive and zoned timestamps: slow path, one at a time (rare)."""
-
-    def one(value: Any) -> pd.Timestamp:
-        if value is None or pd.isna(value):
-            return pd.NaT
-        try:
-            stamp = pd.Timestamp(value)
-        except (ValueError, TypeError):
-            return pd.NaT
-        return stamp.tz_localize(timezone).tz_convert("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-
-    return pd.Series([one(value) for value in text.tolist()], index=text.index, dtype="datetime64[ns, UTC]")
+    present = text != ""
+    parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us, UTC]")
+    try:  # one pass when the file is all naive or all zoned with one offset (the usual case)
+        stamps = pd.to_datetime(text[present], format="ISO8601", errors="coerce")
+    except ValueError:  # naive and zoned (or several offsets) in one file: each group on its own
+        stamps = None
+    if stamps is not None and isinstance(stamps.dtype, pd.DatetimeTZDtype):
+        parsed[present] = stamps.dt.tz_convert("UTC").dt.as_unit("us")
+        zoned = present
+    elif stamps is not None:
+        zoned = pd.Series(False, index=values.index)
+    else:
+        zoned = present & text.str.contains(_ZONED, regex=True)
+        parsed[zoned] = pd.to_datetime(text[zoned], format="ISO8601", errors="coerce", utc=True).dt.as_unit("us")
+    naive = present & ~zoned
+    if naive.any():
+        local = (stamps if stamps is not None else pd.to_datetime(text[naive], format="ISO8601", errors="coerce"))
+        local = local.astype("datetime64[us]")
+        if dayfirst and local.isna().any():
+            for day_first_format in DAY_FIRST_FORMATS:
+                missing = local.isna()
+                if not missing.any():
+                    break
+                again = pd.to_datetime(text[naive][missing], format=day_first_format, errors="coerce")
+                local[missing] = again.astype("datetime64[us]")
+        localised = local.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="shift_forward")
+        parsed[naive] = localised.dt.tz_convert("UTC")
+    latest = (now if now is not None else pd.Timestamp.now(tz="UTC")) + pd.Timedelta(days=1)
+    parsed[(parsed < EARLIEST_SUBMISSION) | (parsed > latest)] = pd.NaT
+    return parsed.astype("datetime64[ns, UTC]")
 
 
 class AnswerWriter:
@@ -262,7 +288,7 @@ def _multi_select_json(text: str) -> str | None:
 
 
 def _integer_json(text: str) -> str | None:
-    return str(int(text)) if _INTEGER.fullmatch(text) and abs(int(text)) < 2**53 else None
+    return str(int(text)) if _INTEGER.fullmatch(text) else None
 
 
 _ANSWER_WRITERS: dict[str, Callable[[str], str | None]] = {

@@ -45,7 +45,7 @@ _MESSAGES = {
     "yes_no": "{field}: {value!r} is not yes or no",
     "choice": "{field}: {value!r} is not one of the options",
     "length": "{field}: longer than {max} characters",
-    "submit_date": "submitted_at: {value!r} is not a date",
+    "submit_date": "submitted_at: {value!r} is not a submission date (ISO 8601, from 2000 to tomorrow)",
     "one_per_partnership": "{value} submitted twice with the same submit date: the later row in the file counts",
     "year_over_year": "{field}: {value} is more than {factor} times last year's answer ({previous})",
 }
@@ -463,10 +463,15 @@ def _reasons(
             "column": field_name,
             "severity": severity,
             "value": value,
-            "message": template.format(**base, value=value, **extra),
+            "message": template.format(**base, value=_shown(value), **extra),
         }
         for value, extra in zip(values, extras, strict=True)
     ]
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    """A value as a one-line message quotes it: a 100,000-digit cell is kept whole in the reason's ``value``."""
+    return value if len(value) <= limit else f"{value[:limit]}… ({len(value):,} characters)"
 
 
 def _plain_number(value: Any) -> str:
