@@ -328,3 +328,36 @@ def test_a_100000_digit_integer_quarantines_its_row_not_the_file(tmp_path, engin
     assert any(reason["column"] == "cooperation_agreements" and reason["value"] == huge for reason in reasons)
     assert all(len(reason["message"]) < 300 for reason in reasons)
     assert len(accepted_submissions(engine)) == 19 - 1  # the reference file's 19 accepted, less this one
+
+
+# --- a stored file always gets its report ------------------------------------------------------------------
+
+
+def test_a_rerun_of_a_stored_file_whose_report_is_missing_rebuilds_the_report(tmp_path, engine, settings, round_2019):
+    """The first run stored the rows, then its report and Data Docs were lost (a run killed after the store):
+    the same file again stores nothing twice but writes the report and the file's Data Docs page."""
+    import shutil
+
+    path = tmp_path / "export.csv"
+    path.write_bytes((EXAMPLES / "responses-2019.csv").read_bytes())
+    assert run_consult("ingest", "2019", str(path), cwd=tmp_path).returncode == 0
+    stored = counts(engine)
+    report = settings.output_dir / "data-quality" / "dq-2019.md"
+    docs = settings.output_dir / "data-docs" / "2019"
+    assert report.is_file() and list((docs / "validations").rglob("*.html"))
+    report.unlink()
+    shutil.rmtree(docs)
+
+    again = run_consult("ingest", "2019", str(path), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "already ingested" in again.stdout
+    assert counts(engine) == stored
+    markdown = report.read_text(encoding="utf-8")
+    assert "Its report was missing" in markdown and "FAILED" in markdown
+    assert "export.csv" in (docs / "index.html").read_text(encoding="utf-8")
+    assert list((docs / "validations").rglob("*.html"))
+
+    # With its report in place, a third run skips the file altogether.
+    third = run_consult("ingest", "2019", str(path), cwd=tmp_path)
+    assert third.returncode == 0
+    assert "Its report was missing" not in report.read_text(encoding="utf-8")

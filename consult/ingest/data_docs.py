@@ -130,6 +130,7 @@ class PageEntry:
     run_time: str
     success: bool
     failed_expectations: int
+    sha256: str = ""
 
 
 def record_pages(folder: Path, entries: Iterable[PageEntry]) -> None:
@@ -139,6 +140,13 @@ def record_pages(folder: Path, entries: Iterable[PageEntry]) -> None:
     for entry in entries:
         known[entry.page] = vars(entry)
     path.write_text(json.dumps(known, indent=1, ensure_ascii=False, sort_keys=True), encoding="utf-8")
+
+
+def has_page_for(folder: Path, sha256: str) -> bool:
+    """Whether the Data Docs in ``folder`` hold a validation page of the file with this digest."""
+    path = folder / MANIFEST
+    known: dict[str, dict[str, Any]] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return any(entry.get("sha256") == sha256 and (folder / entry["page"]).is_file() for entry in known.values())
 
 
 _INDEX = Environment(autoescape=True).from_string("""\

@@ -16,6 +16,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from consult.errors import ConsultError
+from consult.ingest.data_docs import has_page_for
 from consult.ingest.matching import load_directory, match_partnerships
 from consult.ingest.normalise import AnswerWriter, Reason, normalise
 from consult.ingest.readers import ReadLimits, ResponseFile, _canonical_cells, read_response_file
@@ -47,6 +48,9 @@ class MatchedFile:
     file: ResponseFile
     match: pd.DataFrame
     duplicate: bool = False
+    # Already stored, but its report never got written (a run that stopped after the store): validated again
+    # for the report and the Data Docs only, never stored twice.
+    report_only: bool = False
 
 
 @dataclass
@@ -93,14 +97,17 @@ def match_files(settings: Settings, year: int, files: list[ResponseFile]) -> lis
     seen: set[str] = set()
     for response_file in files:
         # The same bytes twice in one batch, or already ingested: stored once, skipped afterwards.
-        duplicate = response_file.sha256 in seen or is_already_ingested(engine, year, response_file.sha256)
+        repeated_in_batch = response_file.sha256 in seen
+        duplicate = repeated_in_batch or is_already_ingested(engine, year, response_file.sha256)
         seen.add(response_file.sha256)
+        report_only = (duplicate and not repeated_in_batch
+                       and not has_page_for(data_docs_dir(settings, year), response_file.sha256))
         match = (
             match_partnerships(response_file.cells, directory, list(questionnaire.match_by))
-            if not duplicate
+            if not duplicate or report_only
             else pd.DataFrame(index=response_file.cells.index)
         )
-        matched.append(MatchedFile(file=response_file, match=match, duplicate=duplicate))
+        matched.append(MatchedFile(file=response_file, match=match, duplicate=duplicate, report_only=report_only))
     return matched
 
 
@@ -114,7 +121,7 @@ def validate_files(settings: Settings, year: int, matched: list[MatchedFile]) ->
     suite, suite_source = load_suite(questionnaire, EXPECTATIONS_DIR)
     validated = []
     for item in matched:
-        if item.duplicate:
+        if item.duplicate and not item.report_only:
             validated.append(ValidatedFile(file=item.file, match=item.match, duplicate=True))
             continue
         normalised = normalise(item.file.cells, questionnaire, timezone=settings.timezone)
@@ -134,7 +141,7 @@ def validate_files(settings: Settings, year: int, matched: list[MatchedFile]) ->
             ValidatedFile(
                 file=item.file,
                 match=item.match,
-                duplicate=False,
+                duplicate=item.duplicate,
                 submitted_at=normalised.typed["submitted_at"],
                 answers=AnswerWriter(normalised.typed, questionnaire),
                 warnings=warnings,
@@ -146,10 +153,14 @@ def validate_files(settings: Settings, year: int, matched: list[MatchedFile]) ->
 
 def write_data_docs(settings: Settings, year: int, validated: list[ValidatedFile]) -> str | None:
     """The Great Expectations Data Docs of the batch, in the output folder; the path of their index page."""
-    runs = [item.validation.suite_run for item in validated if item.validation.suite_run is not None]
+    runs = []
+    for item in validated:
+        if item.validation.suite_run is not None:
+            item.validation.suite_run.file_sha256 = item.file.sha256
+            runs.append(item.validation.suite_run)
     folder = data_docs_dir(settings, year)
     # Nothing validated this time (files already ingested): the round's earlier Data Docs, if any.
-    index = render_data_docs(runs, folder) or (folder / "index.html")
+    index = render_data_docs(runs, folder, cap=settings.data_docs_max_unexpected) or (folder / "index.html")
     return str(index.resolve()) if index.exists() else None
 
 
