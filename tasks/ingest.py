@@ -16,7 +16,6 @@ from consult.ingest.store import IngestSummary, list_quarantine
 from consult.settings import get_settings
 from db.engine import get_engine, session_scope
 
-
 T = TypeVar("T")
 
 

@@ -14,7 +14,13 @@ from db.engine import session_scope
 from db.models import QuarantinedRow
 from tests.conftest import EXAMPLES
 from tests.test_ingest_refusals import run_consult
-from tests.test_summary_browser import CHROMIUM, browser, evaluate, open_page, problems  # noqa: F401 (fixture)
+from tests.test_summary_browser import (
+    CHROMIUM,
+    browser,  # noqa: F401 - the fixture, used by name
+    evaluate,
+    open_page,
+    problems,
+)
 
 HOSTILE = "<img src=x onerror=alert(document.domain)>"
 
@@ -64,7 +70,7 @@ def test_a_hostile_answer_is_quarantined_and_shown_only_escaped_in_the_data_docs
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium)")
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_the_data_docs_of_a_hostile_answer_run_nothing_and_request_nothing_in_chromium(tmp_path, engine, settings,
-                                                                                       round_2019, browser):
+                                                                                       round_2019, browser):  # noqa: F811
     path = tmp_path / "hostile.csv"
     write_with_answer(path, "business_missions_planned", [HOSTILE])
     assert run_consult("ingest", "2019", str(path), cwd=tmp_path).returncode == 0

@@ -114,7 +114,7 @@ def make_offline(folder: Path) -> list[Path]:
         head = (
             f'{CSP_META}\n<link rel="stylesheet" href="{_relative_stylesheet(page, folder)}">'
         )
-        text, found = _HEAD.subn(lambda match: match.group(0) + "\n" + head, text, count=1)
+        text, found = _HEAD.subn(lambda match, head=head: match.group(0) + "\n" + head, text, count=1)
         if not found:
             text = head + text
         page.write_text(text, encoding="utf-8")
