@@ -88,3 +88,22 @@ def test_the_data_docs_of_a_hostile_answer_run_nothing_and_request_nothing_in_ch
         assert evaluate(browser, "document.querySelectorAll('img[src=\"x\"]').length") == 0
     # On the validation page the answer reads as text, exactly as it was written.
     assert evaluate(browser, f"document.body.innerText.includes({HOSTILE!r})")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_data_docs_show_a_capped_sample_while_every_invalid_row_is_quarantined(tmp_path, engine, settings,
+                                                                                   round_2019):
+    """15 distinct bad yes/no answers, a cap of 5 (CONSULT_DATA_DOCS_MAX_UNEXPECTED): all 15 rows go to quarantine
+    with their values, the Data Docs page lists 5 of them and the exact count."""
+    answers = [f"maybe-{number:02d}" for number in range(15)]
+    path = tmp_path / "many.csv"
+    write_with_answer(path, "business_missions_planned", answers)
+    result = run_consult("ingest", "2019", str(path), cwd=tmp_path, env={"CONSULT_DATA_DOCS_MAX_UNEXPECTED": "5"})
+    assert result.returncode == 0, result.stderr
+    with session_scope(engine) as session:
+        values = {row.raw.get("business_missions_planned") for row in session.scalars(select(QuarantinedRow))}
+    assert set(answers) <= values
+    page = validation_pages(settings)[0].read_text(encoding="utf-8")
+    shown = {answer for answer in answers if answer in page}
+    assert len(shown) == 5, shown
+    assert "15 unexpected values found" in page
