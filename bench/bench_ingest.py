@@ -52,19 +52,28 @@ def code(number: int) -> str:
     return f"P{number:07d}"
 
 
-def write_csv(path: Path, rows: int) -> None:
-    """N responses from N partnerships; 0.1 % carry a bad integer, so quarantine is exercised too."""
+def write_csv(path: Path, rows: int, invalid_share: float | None = None) -> None:
+    """N responses from N partnerships; 0.1 % carry a bad integer, so quarantine is exercised too.
+
+    With ``invalid_share`` (0 to 1), that share of the rows instead is invalid in four ways at once, each with
+    its own distinct values (the worst case for lists of unexpected values): an integer that is not one, an
+    unknown market, a yes/no that is neither, a submit date that is no date. 0 gives a file with no invalid row."""
+    per_thousand = None if invalid_share is None else round(invalid_share * 1000)
     with path.open("w", encoding="utf-8", newline="") as handle:
         handle.write(",".join(HEADER) + "\n")
         base = dt.datetime(2019, 3, 1)
         for number in range(rows):
             markets = ";".join(MARKETS[(number + k) % len(MARKETS)] for k in range(1 + number % 3))
             options = ";".join(OPTIONS[(number + k) % len(OPTIONS)] for k in range(1 + number % 2))
-            agreements = "abc" if number % 1000 == 999 else str(number % 7)
+            agreements = "abc" if number % 1000 == 999 and per_thousand is None else str(number % 7)
             stamp = (base + dt.timedelta(seconds=number)).isoformat()
             text = f"Story {number}: met {number % 9} buyers in Osaka; one MoU signed" if number % 10 else ""
+            answer = "yes" if number % 2 else "no"
+            if per_thousand is not None and (number * 7919) % 1000 < per_thousand:
+                agreements, markets, answer = f"about {number}", f"{markets};Q{number % 997}", f"maybe {number}"
+                stamp = f"2019-13-{number % 28 + 1:02d}" if number % 3 == 0 else stamp
             handle.write(f"{code(number)},{stamp},{markets},{options},{agreements},"
-                         f"{'yes' if number % 2 else 'no'},{number % 300},{text}\n")
+                         f"{answer},{number % 300},{text}\n")
 
 
 def setup_database(url: str, rows: int) -> None:
@@ -291,6 +300,40 @@ def _report(label: str, rows: int, repeats: list[Repeat]) -> None:
               f"(goal: below 1x)")
 
 
+def compare_invalid_share(out: Path, rows: int, share: float, repeat: int) -> None:
+    """The whole ingest (read, match, validate, store, Data Docs, report) of a clean file and of the same file
+    with ``share`` of its rows invalid, alternately on fresh SQLite databases; medians and the ratio."""
+    files = {}
+    for label, invalid in (("clean", 0.0), ("invalid", share)):
+        files[label] = out / f"responses-{rows}-invalid-{invalid:g}.csv"
+        if not files[label].exists():
+            write_csv(files[label], rows, invalid)
+    print(f"{rows:,} rows: {files['clean'].stat().st_size / 1e6:.0f} MB with no invalid row, "
+          f"{files['invalid'].stat().st_size / 1e6:.0f} MB with {share:.0%} invalid; "
+          f"{os.cpu_count()} CPU(s), Python {sys.version.split()[0]}", flush=True)
+    workdir = out / "invalid-share"
+    results: dict[str, list[dict[str, Any]]] = {"clean": [], "invalid": []}
+    for number in range(1, repeat + 1):
+        for label in ("clean", "invalid"):
+            shutil.rmtree(workdir, ignore_errors=True)
+            workdir.mkdir(parents=True)
+            url = f"sqlite:///{workdir / f'bench-{label}-{number}.db'}"  # a new file: engines are cached by URL
+            setup_database(url, rows)
+            result = in_process(measure_engine, url, str(files[label]), str(workdir / "work"))
+            results[label].append(result)
+            print(f"  repeat {number}/{repeat} {label}: {result['seconds']:.1f} s, peak {result['peak_mb']:.0f} MB; "
+                  f"{result['counts']}", flush=True)
+    clean = [r["seconds"] for r in results["clean"]]
+    invalid = [r["seconds"] for r in results["invalid"]]
+    print(f"\n== whole ingest, {rows:,} rows, SQLite; medians over {repeat} repeat(s) ==")
+    for label, seconds in (("no invalid row", clean), (f"{share:.0%} invalid", invalid)):
+        runs = results["clean" if label == "no invalid row" else "invalid"]
+        stages = ", ".join(f"{name} {value:.1f} s" for name, value in sorted(runs[len(runs) // 2]["stages"].items()))
+        print(f"{label:>15}: {_spread(seconds, ' s')}   peak {max(r['peak_mb'] for r in runs):6.0f} MB   ({stages})")
+    print(f"          ratio: {_spread([i / c for i, c in zip(invalid, clean, strict=True)], 'x')}   (goal: within 3x; "
+          f"peak goal: under 2048 MB)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -300,9 +343,15 @@ def main() -> None:
                         help="times to measure floor, ingest and to_sql, each on a fresh database (default 3; medians)")
     parser.add_argument("--postgres-admin-url", default=os.environ.get("CONSULT_BENCH_POSTGRES_URL", DEFAULT_PG))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out")
+    parser.add_argument("--invalid-share", type=float, default=None,
+                        help="compare the whole ingest of a file with this share of invalid rows (e.g. 0.3) with the "
+                             "same file with none, in the same run (SQLite; issue 18: within 3x, peak under 2 GB)")
     args = parser.parse_args()
 
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.invalid_share is not None:
+        compare_invalid_share(args.out, args.rows, args.invalid_share, args.repeat)
+        return
     csv_path = args.out / f"responses-{args.rows}.csv"
     if not csv_path.exists():
         write_csv(csv_path, args.rows)

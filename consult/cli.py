@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 import typer
 from sqlalchemy import Engine
 
-from consult.cli_common import YearArg
+from consult.cli_common import YearArg, quiet_prefect_console
 from consult.errors import ConsultError, find_cause
 from consult.settings import EXAMPLES_DIR, get_settings
 from db.engine import open_database
@@ -160,6 +160,7 @@ def demo(
 ) -> None:
     """Run the 2019 and 2020 reference ESCP-4i rounds end to end on the embedded defaults."""
     from flows.demo import run_demo
+    quiet_prefect_console()
 
     results = run_demo(EXAMPLES_DIR / "escp4i", out)
     settings = get_settings()

@@ -1,7 +1,9 @@
-"""Argument types shared by the `consult` command modules."""
+"""Argument types and console set-up shared by the `consult` command modules."""
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Annotated
 
 import typer
@@ -15,3 +17,37 @@ def parse_year(value: str) -> int:
 
 
 YearArg = Annotated[int, typer.Argument(help="The round's year, e.g. 2019.", parser=parse_year, metavar="YEAR")]
+
+
+class _FlowConsoleFilter(logging.Filter):
+    """What a command that runs a flow lets Prefect print on the console: warnings only.
+
+    Progress (INFO) and failures (ERROR, with their tracebacks) stay in Prefect's own logs and UI, where the
+    API handler still sends them; on the console the command prints its own result, or the failure as one
+    ``error:`` line naming the file, row or value.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(("prefect", "uvicorn", "fastapi")):
+            return True
+        return record.levelno == logging.WARNING
+
+
+def quiet_prefect_console() -> None:
+    """Install :class:`_FlowConsoleFilter` on Prefect's console handlers (call after importing a flow, which
+    sets up Prefect's logging); CONSULT_DEBUG=1 keeps Prefect's full console output."""
+    # An engine that runs offline sends no usage data (and prints no failure to send it).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if os.environ.get("CONSULT_DEBUG"):
+        return
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger()] + [
+        logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, PrefectConsoleHandler) and not any(
+                isinstance(existing, _FlowConsoleFilter) for existing in handler.filters
+            ):
+                handler.addFilter(_FlowConsoleFilter())

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from sqlalchemy import Engine
 
-from consult.cli_common import YearArg
+from consult.cli_common import YearArg, quiet_prefect_console
 from consult.errors import ConsultError
 from consult.settings import get_settings
 from db.engine import open_database
@@ -35,6 +35,7 @@ def ingest(
 ) -> None:
     """Ingest response files into a round: match, validate, store; quarantine what is invalid."""
     from flows.ingest import ingest_responses
+    quiet_prefect_console()
 
     _engine()
     summary = ingest_responses(year, [str(path) for path in files])

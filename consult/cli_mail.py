@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from sqlalchemy import Engine
 
-from consult.cli_common import YearArg
+from consult.cli_common import YearArg, quiet_prefect_console
 from consult.errors import ConsultError
 from consult.settings import get_settings
 from db.engine import open_database
@@ -27,6 +27,7 @@ def invite(year: YearArg) -> None:
     """Send the round's invitations: each active contact of each partnership gets exactly one, with its
     partnership's own response link; a re-run sends only what is still missing."""
     from flows.mailing import send_invitations
+    quiet_prefect_console()
 
     _engine()
     report = send_invitations(year)
@@ -42,6 +43,7 @@ def remind(
     """Send the reminder that is due by the round's schedule, or one now with --force; only contacts of
     partnerships that have not answered get it, and never twice."""
     from flows.mailing import send_reminders
+    quiet_prefect_console()
 
     _engine()
     report = send_reminders(year, force=force)
@@ -57,6 +59,7 @@ def remind(
 def thank(year: YearArg) -> None:
     """Thank the contacts of every partnership whose answers were accepted (once each)."""
     from flows.mailing import send_thank_yous
+    quiet_prefect_console()
 
     _engine()
     report = send_thank_yous(year)

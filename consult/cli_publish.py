@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from consult.cli_common import YearArg
+from consult.cli_common import YearArg, quiet_prefect_console
 from consult.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True)
@@ -29,6 +29,7 @@ def publish(
     with --send-to, also email the summary to a stakeholder list."""
     from db.engine import get_engine, require_schema
     from flows.publish import compute_and_publish, publish_and_send_summary
+    quiet_prefect_console()
 
     require_schema(get_engine(get_settings().resolved_database_url))
     if send_to is None:

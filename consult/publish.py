@@ -538,7 +538,7 @@ _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|#&])")
 def markdown_escape(text: object) -> str:
     """Text shown as text in Markdown (and in the Prefect UI): no markup, no raw HTML, no table breaks."""
     escaped = _MD_SPECIAL.sub(r"\\\1", str(text))
-    return escaped.replace("\r\n", "\n").replace("\n", " ")
+    return " ".join(escaped.splitlines())  # every line break (lone CR, U+2028...) becomes a space
 
 
 def environment() -> Environment:

@@ -293,6 +293,10 @@ class Questionnaire(BaseModel):
     breakdown_by: list[str] = Field(
         default_factory=list, description="Panel attributes every indicator is also computed by (e.g. [sector]).")
     respondent: Respondent = Field(default_factory=Respondent)
+    dayfirst: bool = Field(
+        default=False,
+        description="Submit dates such as 04/03/2019 are day first (4 March); without it only ISO 8601 is read.",
+    )
     questions: Annotated[list[Question], Field(min_length=1)]
     indicators: IndicatorsSection | None = None
 

@@ -64,6 +64,18 @@ class Settings(BaseSettings):
     task_runner: Literal["threads", "dask"] = Field(default="threads", description="dask: run tasks on Dask.")
     dask_address: str | None = Field(default=None, description="Scheduler of an existing Dask cluster (tcp://...).")
 
+    # Limits a response file must stay within before it is read (a zip bomb is refused, naming the limit).
+    xlsx_max_uncompressed_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=1, description="XLSX: total size of the archive's members once inflated."
+    )
+    xlsx_max_compression_ratio: int = Field(
+        default=200, ge=1, description="XLSX: inflated/compressed size of any member over 1 MiB."
+    )
+    max_rows: int = Field(default=2_000_000, ge=1, description="Rows of one response file (any format).")
+    data_docs_max_unexpected: int = Field(
+        default=20, ge=1, description="Unexpected values shown per expectation in the Data Docs."
+    )
+
     @field_validator("data_dir", "output_dir", "mailbox_dir")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:

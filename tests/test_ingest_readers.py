@@ -96,11 +96,10 @@ def test_empty_file_is_refused(tmp_path, questionnaire) -> None:
         read_response_file(write(tmp_path, "empty.csv", b""), questionnaire)
 
 
-def test_header_only_file_has_no_rows(tmp_path, questionnaire) -> None:
-    """A header without rows is a valid, empty export."""
-    read = read_response_file(write(tmp_path, "header.csv", HEADER + "\n"), questionnaire)
-    assert read.row_count == 0
-    assert list(read.cells.columns[:4]) == ["token", "partnership_id", "email", "submitted_at"]
+def test_header_only_file_is_refused(tmp_path, questionnaire) -> None:
+    """A header without rows is an export gone wrong: refused, never recorded as a file of 0 rows."""
+    with pytest.raises(ConsultError, match=r"header\.csv: the file has a header row but no response row"):
+        read_response_file(write(tmp_path, "header.csv", HEADER + "\n"), questionnaire)
 
 
 def test_file_without_question_columns_is_refused(tmp_path, questionnaire) -> None:
@@ -221,3 +220,19 @@ def test_json_lines_accept_lists_and_typed_values(tmp_path, questionnaire) -> No
     assert answers == {"markets": ["US", "JP"], "sme_involvement": ["soft_landing"], "cooperation_agreements": 0,
                        "business_missions_planned": True, "sme_members": 35, "success_story": None}
 
+
+
+def test_control_characters_in_a_cell_are_kept_whole(tmp_path, questionnaire) -> None:
+    """Control characters other than NUL (an escape sequence, a bell) are kept exactly, never cut."""
+    story = "before\x1b[31mred\x07after"
+    read = read_response_file(
+        write(tmp_path, "ctl.csv", HEADER + "\n" + f"ESCP4I-01,2019-04-01T10:00:00,US,other,2,yes,20,{story}\n"),
+        questionnaire,
+    )
+    assert read.cells["success_story"].tolist() == [story]
+
+
+def test_a_nul_character_in_json_lines_is_refused_with_its_row(tmp_path, questionnaire) -> None:
+    path = write(tmp_path, "nul.jsonl", '{"partnership_id": "ESCP4I-01", "success_story": "cut\\u0000here"}\n')
+    with pytest.raises(ConsultError, match=r"nul\.jsonl: row 1, column 'success_story' holds a NUL character"):
+        read_response_file(path, questionnaire)

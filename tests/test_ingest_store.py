@@ -158,15 +158,17 @@ def test_lower_case_market_code_is_upper_cased_and_flagged(engine, settings, rou
     assert [(w["rule"], w["value"]) for w in response.warnings] == [("upper_cased", "us;Jp")]
 
 
-def test_free_text_with_html_formula_and_line_breaks_is_stored_unchanged(engine, settings, round_2019, tmp_path):
-    """Free text is data, not markup: HTML, a spreadsheet formula and CR/LF are stored exactly as written."""
+def test_free_text_with_html_and_formula_is_stored_unchanged_and_its_line_breaks_as_lf(engine, settings, round_2019,
+                                                                                       tmp_path):
+    """Free text is data, not markup: HTML and a spreadsheet formula are stored exactly as written; its CR/LF
+    becomes LF in the answer (one kind of line break for whatever renders it), the raw cell keeps it as exported."""
     story = '=HYPERLINK("http://evil.example","x") <script>alert(1)</script>\r\nsecond line'
     quoted = '"' + story.replace('"', '""') + '"'
     path = tmp_path / "story.csv"
     path.write_bytes((HEADER + "\r\n" + f"ESCP4I-01,2019-04-01T10:00:00,US,other,2,yes,20,{quoted}\r\n").encode())
     ingest(settings, 2019, path)
     [response] = responses_by_code(engine, "accepted")["ESCP4I-01"]
-    assert response.answers["success_story"] == story
+    assert response.answers["success_story"] == story.replace("\r\n", "\n")
     with session_scope(engine) as session:
         assert raw_cells(session, response)["success_story"] == story
 
@@ -225,12 +227,12 @@ def test_missing_required_column_quarantines_rows_as_unanswered(engine, settings
     assert [(r["rule"], r["column"]) for r in row.reasons] == [("required", "sme_members")]
 
 
-def test_header_only_file_is_recorded_with_no_rows(engine, settings, round_2019, tmp_path):
-    """A header without rows is recorded (so it is not ingested twice) and adds nothing."""
-    summary = ingest(settings, 2019, write_csv(tmp_path, "header.csv"))
-    assert (summary.files[0].rows, summary.files[0].accepted) == (0, 0)
+def test_header_only_file_is_refused_and_not_recorded(engine, settings, round_2019, tmp_path):
+    """A header without rows is an export gone wrong: refused, and not recorded as a file of 0 rows."""
+    with pytest.raises(ConsultError, match="header row but no response row"):
+        ingest(settings, 2019, write_csv(tmp_path, "header.csv"))
     with session_scope(engine) as session:
-        assert session.scalar(select(IngestedFile.row_count)) == 0
+        assert session.scalar(select(func.count()).select_from(IngestedFile)) == 0
         assert session.scalar(select(func.count()).select_from(Response)) == 0
 
 

@@ -74,7 +74,7 @@ def test_number_single_select_and_yes_no_questions_are_checked():
     )
     cells = pd.DataFrame(
         {"token": ["", "", ""], "partnership_id": ["P-1", "", "P-2"], "email": ["", "A@X.example", ""],
-         "submitted_at": ["2030-01-01", "2030-01-02", "2030-01-03"], "complete": [True, True, True],
+         "submitted_at": ["2019-01-01", "2019-01-02", "2019-01-03"], "complete": [True, True, True],
          "budget": ["12,5", "-1", "lots"], "size": ["small", "huge", ""], "export": ["Oui", "maybe", "no"]},
         index=pd.Index([2, 3, 4], name="row_number"),
     )
@@ -114,11 +114,12 @@ def test_committed_limesurvey_xlsx_fixture_is_ingested(engine, settings, round_2
 
 
 def test_submit_dates_naive_zoned_and_mixed_in_one_file_all_become_utc():
-    """A naive date is local time of the consultation; a date with an offset keeps it; both in one file work."""
+    """A naive date is local time of the consultation; a date with an offset keeps it; both in one file work.
+    Only declared formats are read: "1 March 2019 10:00" is not ISO 8601, so it is no date (quarantined)."""
     values = pd.Series(["2019-03-01T10:00:00", "", "2019-03-01T10:00:00+02:00", "1 March 2019 10:00", "soon"])
     parsed = parse_timestamps(values, "Europe/Brussels")
     expected = [pd.Timestamp("2019-03-01T09:00:00Z"), pd.NaT, pd.Timestamp("2019-03-01T08:00:00Z"),
-                pd.Timestamp("2019-03-01T09:00:00Z"), pd.NaT]
+                pd.NaT, pd.NaT]
     assert [None if pd.isna(v) else v for v in parsed.tolist()] == [None if pd.isna(v) else v for v in expected]
 
 
@@ -129,3 +130,20 @@ def test_submit_dates_are_written_in_the_databases_own_text_layout(engine):
         texts = timestamp_texts(connection, stamps).tolist()
     suffix = "" if engine.dialect.name == "sqlite" else "+00:00"
     assert texts == [f"2019-03-01 09:00:00.500000{suffix}", None, f"2019-12-31 23:59:59.000000{suffix}"]
+
+
+def test_submit_dates_are_read_by_declared_formats_and_bounded():
+    """Invalid, ambiguous without ``dayfirst``, before 2000 or after tomorrow: no date. Day first when declared."""
+    now = pd.Timestamp("2019-06-01T12:00:00Z")
+    values = pd.Series(["2019-13-01", "-1", "04/03/2019", "2999-01-01", "1999-12-31T23:00:00Z",
+                        "2019-06-02T11:00:00Z", "2019-06-02T13:00:00Z", "2019-03-04 09:12:00",
+                        "2300-01-01T00:00:00+01:00", "2019-03-04T09:12:00Z"])
+    parsed = parse_timestamps(values, "Europe/Brussels", now=now)
+    kept = {values[i]: parsed[i] for i in range(len(values)) if not pd.isna(parsed[i])}
+    assert kept == {"2019-06-02T11:00:00Z": pd.Timestamp("2019-06-02T11:00:00Z"),
+                    "2019-03-04 09:12:00": pd.Timestamp("2019-03-04T08:12:00Z"),
+                    "2019-03-04T09:12:00Z": pd.Timestamp("2019-03-04T09:12:00Z")}
+    day_first = parse_timestamps(pd.Series(["04/03/2019", "04.03.2019 10:30", "31/12/2019"]), "UTC", dayfirst=True,
+                                 now=pd.Timestamp("2020-01-01", tz="UTC"))
+    assert day_first.tolist() == [pd.Timestamp("2019-03-04", tz="UTC"), pd.Timestamp("2019-03-04T10:30Z"),
+                                  pd.Timestamp("2019-12-31", tz="UTC")]

@@ -68,8 +68,11 @@ def markdown_report(summary: IngestSummary, validated: list[ValidatedFile], data
                     f"`{shown(str(recognised.get('completeness_column') or 'none: every row complete'))}`."
                 )
         lines.append(_counts_line(file_summary))
-        if item is None or item.duplicate:
+        if item is None or (item.duplicate and item.validation.suite_run is None):
             continue
+        if item.duplicate:  # stored by an earlier run that stopped before its report: the report, rebuilt
+            lines.append("Its report was missing (an earlier run stopped after storing it): validated again for "
+                         "this report and the Data Docs; nothing stored twice.")
         for note in item.file.notes:
             if note.startswith(("ignored", "no column", "no submit-date", "skipped", "took", "read from")) or \
                     "not shown / not applicable" in note or ": read from" in note:

@@ -43,8 +43,12 @@ NO_WORDS = {
 }
 YES = {"1"}.union(*YES_WORDS.values())
 NO = {"0"}.union(*NO_WORDS.values())
-INTEGER_PATTERN = r"^[+-]?\d+$"
-NUMBER_PATTERN = r"^[+-]?(?:\d+(?:[.,]\d*)?|[.,]\d+)$"
+# Bounded: a number is checked as text before it is converted, so a 100,000-digit "integer" is a quarantined
+# value, not a ValueError (Python's int() refuses over 4,300 digits) that fails the whole file. 15 digits stay
+# exact in a float (and in JSON).
+INTEGER_PATTERN = r"^[+-]?\d{1,15}$"
+NUMBER_PATTERN = r"^[+-]?(?:\d{1,15}(?:[.,]\d{0,15})?|[.,]\d{1,15})$"
+MAX_DIGITS = 15
 
 Reason = dict[str, Any]
 _ALL = slice(None)
@@ -86,11 +90,21 @@ def distinct(column: pd.Series) -> tuple[np.ndarray, list[Any]]:
     return codes, list(uniques)
 
 
+_LINE_BREAKS = re.compile("\r\n?|[\u2028\u2029\x85\x0b\x0c]")
+
+
+def normalise_line_breaks(value: str) -> str:
+    """CRLF, a lone CR, NEL, vertical tab, form feed and U+2028/U+2029 -> LF."""
+    return _LINE_BREAKS.sub("\n", value) if isinstance(value, str) else value
+
+
 def _text(value: str) -> str | None:
     return value.strip() or None
 
 
 def _number(value: str) -> float:
+    if len(value) > 2 * MAX_DIGITS + 8:  # not a number the suite accepts: not converted at all
+        return float("nan")
     try:
         return float(value.strip().replace(",", "."))
     except ValueError:
@@ -98,6 +112,8 @@ def _number(value: str) -> float:
 
 
 def _integer(value: str) -> float:
+    if len(value) > MAX_DIGITS + 8:
+        return float("nan")
     try:
         return float(value.strip())
     except ValueError:
@@ -153,7 +169,7 @@ def normalise(cells: pd.DataFrame, questionnaire: Questionnaire, *, timezone: st
     for question in questionnaire.answer_fields:
         values = cells[question.code] if question.code in cells.columns else empty
         typed.update(_normalise_question(question, values, warnings))
-    typed["submitted_at"] = parse_timestamps(cells["submitted_at"], timezone)
+    typed["submitted_at"] = parse_timestamps(cells["submitted_at"], timezone, dayfirst=questionnaire.dayfirst)
     return Normalised(typed=pd.DataFrame(typed, index=cells.index), warnings=warnings)
 
 
@@ -162,8 +178,10 @@ def _normalise_question(
 ) -> dict[str, pd.Series]:
     code = question.code
     if question.kind == "text":
-        # Free text is kept exactly as written (HTML, formulas, line breaks): it is escaped wherever it is shown.
-        text = values.to_numpy(dtype=object)
+        # Free text is kept as written (HTML, formulas): it is escaped wherever it is shown. Only its line breaks
+        # are made one kind: a lone CR or U+2028 would otherwise start a new line in some renderers (Markdown)
+        # and not in others (the code that quotes the text line by line).
+        text = values.astype(str).str.replace(_LINE_BREAKS.pattern, "\n", regex=True).to_numpy(dtype=object)
         blank = np.array([not value.strip() for value in text.tolist()], dtype=bool)
         kept = text.copy()
         kept[blank] = None
@@ -212,42 +230,60 @@ def _choice(value: str, lookup: dict[str, str]) -> str | None:
     return lookup.get(cleaned.casefold(), cleaned) or None
 
 
-def parse_timestamps(values: pd.Series, timezone: str) -> pd.Series:
-    """Submit dates as UTC timestamps; naive ones are local time in ``timezone``. Unparseable -> NaT."""
+# The earliest submission date taken as real: survey exports of this engine's panels start long after it, and
+# a "1900-01-01" or a year -1 is a spreadsheet's placeholder, not a date.
+EARLIEST_SUBMISSION = pd.Timestamp("2000-01-01", tz="UTC")
+# Day-first spellings, read only where the questionnaire declares ``dayfirst: true`` (04/03/2019 = 4 March).
+DAY_FIRST_FORMATS = ("%d/%m/%Y %H:%M:%S", "%d/%m/%Y %H:%M", "%d/%m/%Y", "%d.%m.%Y %H:%M:%S", "%d.%m.%Y %H:%M", "%d.%m.%Y")
+# A time followed by an offset or Z (a bare "2019-03-04" ends in "-04", which is no offset).
+_ZONED = r"\d:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+
+
+def parse_timestamps(
+    values: pd.Series, timezone: str, *, dayfirst: bool = False, now: pd.Timestamp | None = None
+) -> pd.Series:
+    """Submit dates as UTC timestamps, read by declared formats only; anything else -> NaT (then quarantined
+    with its value by the suite's submit-date expectation).
+
+    - ISO 8601, strictly (``2019-13-01`` is no date), which covers LimeSurvey's ``YYYY-MM-DD HH:MM:SS`` and the
+      date cells of XLSX exports (EUSurvey's included: the reader writes them as ISO 8601);
+    - ``DD/MM/YYYY [HH:MM[:SS]]`` and ``DD.MM.YYYY ...`` only with ``dayfirst`` (the questionnaire's ``dayfirst:
+      true``): without it ``04/03/2019`` is ambiguous and not guessed;
+    - naive times are local time in ``timezone``; zoned ones keep their offset; both may be mixed in one file;
+    - a date before 2000-01-01 or more than a day after ``now`` is no submission date (a ``2999-01-01`` would
+      otherwise be the "latest submission" for ever).
+    """
     text = values.astype(str).str.strip()
-    text = text.where(text != "", None)
-    try:
-        parsed = pd.to_datetime(text, errors="coerce", format="ISO8601", utc=False)
-    except ValueError:  # naive and zoned dates in one file ("Mixed timezones detected"): one at a time
-        return _parse_each(text, timezone)
-    if parsed.isna().sum() > text.isna().sum():
-        retry = text.notna() & parsed.isna()
-        again = pd.to_datetime(text[retry], errors="coerce", format="mixed", dayfirst=True, utc=False)
-        if isinstance(again.dtype, pd.DatetimeTZDtype) != isinstance(parsed.dtype, pd.DatetimeTZDtype):
-            return _parse_each(text, timezone)
-        parsed = parsed.copy()
-        parsed[retry] = again
-    if isinstance(parsed.dtype, pd.DatetimeTZDtype):
-        return parsed.dt.tz_convert("UTC")
-    if not pd.api.types.is_datetime64_any_dtype(parsed.dtype):
-        return _parse_each(text, timezone)
-    localised = parsed.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="shift_forward")
-    return localised.dt.tz_convert("UTC")
-
-
-def _parse_each(text: pd.Series, timezone: str) -> pd.Series:
-    """Mixed naive and zoned timestamps: slow path, one at a time (rare)."""
-
-    def one(value: Any) -> pd.Timestamp:
-        if value is None or pd.isna(value):
-            return pd.NaT
-        try:
-            stamp = pd.Timestamp(value)
-        except (ValueError, TypeError):
-            return pd.NaT
-        return stamp.tz_localize(timezone).tz_convert("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-
-    return pd.Series([one(value) for value in text.tolist()], index=text.index, dtype="datetime64[ns, UTC]")
+    present = text != ""
+    parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us, UTC]")
+    try:  # one pass when the file is all naive or all zoned with one offset (the usual case)
+        stamps = pd.to_datetime(text[present], format="ISO8601", errors="coerce")
+    except ValueError:  # naive and zoned (or several offsets) in one file: each group on its own
+        stamps = None
+    if stamps is not None and isinstance(stamps.dtype, pd.DatetimeTZDtype):
+        parsed[present] = stamps.dt.tz_convert("UTC").dt.as_unit("us")
+        zoned = present
+    elif stamps is not None:
+        zoned = pd.Series(False, index=values.index)
+    else:
+        zoned = present & text.str.contains(_ZONED, regex=True)
+        parsed[zoned] = pd.to_datetime(text[zoned], format="ISO8601", errors="coerce", utc=True).dt.as_unit("us")
+    naive = present & ~zoned
+    if naive.any():
+        local = (stamps if stamps is not None else pd.to_datetime(text[naive], format="ISO8601", errors="coerce"))
+        local = local.astype("datetime64[us]")
+        if dayfirst and local.isna().any():
+            for day_first_format in DAY_FIRST_FORMATS:
+                missing = local.isna()
+                if not missing.any():
+                    break
+                again = pd.to_datetime(text[naive][missing], format=day_first_format, errors="coerce")
+                local[missing] = again.astype("datetime64[us]")
+        localised = local.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="shift_forward")
+        parsed[naive] = localised.dt.tz_convert("UTC")
+    latest = (now if now is not None else pd.Timestamp.now(tz="UTC")) + pd.Timedelta(days=1)
+    parsed[(parsed < EARLIEST_SUBMISSION) | (parsed > latest)] = pd.NaT
+    return parsed.astype("datetime64[ns, UTC]")
 
 
 class AnswerWriter:
@@ -306,7 +342,7 @@ def _multi_select_json(text: str) -> str | None:
 
 
 def _integer_json(text: str) -> str | None:
-    return str(int(text)) if _INTEGER.fullmatch(text) and abs(int(text)) < 2**53 else None
+    return str(int(text)) if _INTEGER.fullmatch(text) else None
 
 
 _ANSWER_WRITERS: dict[str, Callable[[str], str | None]] = {

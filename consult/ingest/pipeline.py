@@ -18,9 +18,10 @@ from sqlalchemy.orm import Session
 from consult.errors import ConsultError
 from consult.ingest import tools
 from consult.ingest.columns import canonical_cells
+from consult.ingest.data_docs import has_page_for
 from consult.ingest.matching import load_directory, match_partnerships
 from consult.ingest.normalise import AnswerWriter, Normalised, Reason, normalise
-from consult.ingest.readers import ResponseFile, read_response_file
+from consult.ingest.readers import ReadLimits, ResponseFile, read_response_file
 from consult.ingest.store import (
     FileSummary,
     IngestSummary,
@@ -49,6 +50,9 @@ class MatchedFile:
     file: ResponseFile
     match: pd.DataFrame
     duplicate: bool = False
+    # Already stored, but its report never got written (a run that stopped after the store): validated again
+    # for the report and the Data Docs only, never stored twice.
+    report_only: bool = False
 
 
 @dataclass
@@ -81,7 +85,8 @@ def read_files(settings: Settings, year: int, paths: list[str]) -> list[Response
         raise ConsultError("no response file given")
     with session_scope(_engine(settings)) as session:
         questionnaire = _round_questionnaire(session, year)
-    return [read_response_file(Path(path), questionnaire) for path in paths]
+    limits = ReadLimits.from_settings(settings)
+    return [read_response_file(Path(path), questionnaire, limits) for path in paths]
 
 
 def match_files(settings: Settings, year: int, files: list[ResponseFile]) -> list[MatchedFile]:
@@ -95,14 +100,17 @@ def match_files(settings: Settings, year: int, files: list[ResponseFile]) -> lis
     seen: set[str] = set()
     for response_file in files:
         # The same bytes twice in one batch, or already ingested: stored once, skipped afterwards.
-        duplicate = response_file.sha256 in seen or is_already_ingested(engine, year, response_file.sha256)
+        repeated_in_batch = response_file.sha256 in seen
+        duplicate = repeated_in_batch or is_already_ingested(engine, year, response_file.sha256)
         seen.add(response_file.sha256)
+        report_only = (duplicate and not repeated_in_batch
+                       and not has_page_for(data_docs_dir(settings, year), response_file.sha256))
         match = (
             match_partnerships(response_file.cells, directory, list(questionnaire.match_by))
-            if not duplicate
+            if not duplicate or report_only
             else pd.DataFrame(index=response_file.cells.index)
         )
-        matched.append(MatchedFile(file=response_file, match=match, duplicate=duplicate))
+        matched.append(MatchedFile(file=response_file, match=match, duplicate=duplicate, report_only=report_only))
     return matched
 
 
@@ -140,7 +148,7 @@ def validate_files(settings: Settings, year: int, matched: list[MatchedFile]) ->
     suite, suite_source = load_suite(questionnaire, EXPECTATIONS_DIR)
     validated = []
     for item in matched:
-        if item.duplicate:
+        if item.duplicate and not item.report_only:
             validated.append(ValidatedFile(file=item.file, match=item.match, duplicate=True))
             continue
         normalised, validation, warnings = check_rows(
@@ -157,7 +165,7 @@ def validate_files(settings: Settings, year: int, matched: list[MatchedFile]) ->
             ValidatedFile(
                 file=item.file,
                 match=item.match,
-                duplicate=False,
+                duplicate=item.duplicate,
                 submitted_at=normalised.typed["submitted_at"],
                 answers=AnswerWriter(normalised.typed, questionnaire),
                 warnings=warnings,
@@ -217,10 +225,14 @@ def check_submit_dates(
 
 def write_data_docs(settings: Settings, year: int, validated: list[ValidatedFile]) -> str | None:
     """The Great Expectations Data Docs of the batch, in the output folder; the path of their index page."""
-    runs = [item.validation.suite_run for item in validated if item.validation.suite_run is not None]
+    runs = []
+    for item in validated:
+        if item.validation.suite_run is not None:
+            item.validation.suite_run.file_sha256 = item.file.sha256
+            runs.append(item.validation.suite_run)
     folder = data_docs_dir(settings, year)
     # Nothing validated this time (files already ingested): the round's earlier Data Docs, if any.
-    index = render_data_docs(runs, folder) or (folder / "index.html")
+    index = render_data_docs(runs, folder, cap=settings.data_docs_max_unexpected) or (folder / "index.html")
     return str(index.resolve()) if index.exists() else None
 
 

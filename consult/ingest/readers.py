@@ -44,6 +44,27 @@ _EUSURVEY_MARKER = "contributionid"
 _MAX_METADATA_ROWS = 30
 
 
+@dataclass(frozen=True)
+class ReadLimits:
+    """What a response file may hold before it is read (defaults: consult.settings.Settings)."""
+
+    xlsx_max_uncompressed_bytes: int = 512 * 1024 * 1024
+    xlsx_max_compression_ratio: int = 200
+    max_rows: int = 2_000_000
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> ReadLimits:
+        return cls(
+            xlsx_max_uncompressed_bytes=settings.xlsx_max_uncompressed_bytes,
+            xlsx_max_compression_ratio=settings.xlsx_max_compression_ratio,
+            max_rows=settings.max_rows,
+        )
+
+
+# A member smaller than this is never a bomb, whatever its ratio (a sheet of empty cells compresses well).
+_RATIO_CHECKED_FROM = 1024 * 1024
+
+
 @dataclass
 class ResponseFile:
     """A response file as read: its identity, how it was read, its raw cells and the canonical cells."""
@@ -99,8 +120,9 @@ class Table:
     notes: list[str]
 
 
-def read_table(path: Path) -> Table:
+def read_table(path: Path, limits: ReadLimits | None = None) -> Table:
     """The raw cells of an export (no mapping to questions); a ConsultError naming the file if unreadable."""
+    limits = limits or ReadLimits()
     suffix = path.suffix.lower()
     # By what the file is, not by its name: an XLSX is a zip, EUSurvey's results are XML.
     with path.open("rb") as handle:
@@ -111,7 +133,8 @@ def read_table(path: Path) -> Table:
         table, notes = tools.read_eusurvey_xml(path)
         return Table(cells=table, file_format="xml", encoding="utf-8", delimiter=None, notes=notes)
     if suffix in (".xlsx", ".xlsm"):
-        table, header_row, notes = _read_xlsx(path)
+        check_archive(path, limits)
+        table, header_row, notes = _read_xlsx(path, limits)
         file_format: FileFormat = "xlsx"
         encoding = delimiter = None
     elif suffix in (".jsonl", ".ndjson"):
@@ -119,37 +142,46 @@ def read_table(path: Path) -> Table:
         file_format, encoding, delimiter = "jsonl", "utf-8", None
     else:
         encoding, delimiter = detect_csv_dialect(path)
-        # UTF-8 at the start only: the whole file is read as cp1252, as a spreadsheet saved on Windows is.
-        for attempt in (encoding, "cp1252") if encoding == "utf-8" else (encoding,):
-            try:
-                table, header_row, notes = _read_csv(path, attempt, delimiter)
-            except UnicodeDecodeError:
-                continue
-            encoding = attempt
-            break
-        else:
-            raise ConsultError(f"{path}: the text is neither UTF-8 nor cp1252; save it as UTF-8 CSV")
+        try:
+            table, header_row, notes = _read_csv(path, encoding, delimiter)
+        except UnicodeDecodeError:  # the whole file was checked: only a file changed meanwhile gets here
+            raise ConsultError(f"{path}: the text is not {encoding}; save it as UTF-8 CSV") from None
         file_format = "csv"
+    if len(table) > limits.max_rows:
+        raise ConsultError(
+            f"{path}: refused: more than {limits.max_rows:,} rows (limit CONSULT_MAX_ROWS); split the file"
+        )
     if header_row is not None:
         table.index = pd.RangeIndex(header_row + 1, header_row + 1 + len(table), name="row_number")
+    if file_format != "csv":  # a CSV's bytes were checked for NUL already
+        _refuse_nul_cells(path, table)
     return Table(cells=table, file_format=file_format, encoding=encoding, delimiter=delimiter, notes=notes)
 
 
-def read_response_file(path: Path | str, questionnaire: Questionnaire) -> ResponseFile:
+def read_response_file(
+    path: Path | str, questionnaire: Questionnaire, limits: ReadLimits | None = None
+) -> ResponseFile:
     """Read one export; any problem that stops reading is one ConsultError naming the file."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise ConsultError(f"{path}: is a folder, not a file; give the export file(s) inside it")
+    if not path.exists():
         raise ConsultError(f"{path}: file not found")
+    if not path.is_file():
+        raise ConsultError(f"{path}: not a regular file")
     if path.stat().st_size == 0:
         raise ConsultError(f"{path}: the file is empty (not even a header row)")
     # Hashing and compressing run beside the parsing, on the other core: zlib, hashlib and pandas' tokenizer
     # all release the GIL (a million-row export: 0.8 s saved of 3).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="digest") as pool:
         digest = pool.submit(file_digest, path)
-        table = read_table(path)
+        table = read_table(path, limits)
         sha256, size, content = digest.result()
     recognised = tools.recognise(table.cells, table.file_format)
     raw = tools.prepare(table.cells, recognised)
+    if raw.empty:
+        # A header and nothing under it is an export gone wrong, not a round without answers.
+        raise ConsultError(f"{path}: the file has a header row but no response row")
     cells, question_columns, mapping_notes = canonical_cells(path, raw, questionnaire, recognised)
     return ResponseFile(
         path=str(path),
@@ -174,33 +206,83 @@ def read_response_file(path: Path | str, questionnaire: Questionnaire) -> Respon
 
 
 def detect_csv_dialect(path: Path) -> tuple[str, str]:
-    """(encoding, delimiter) of a CSV file from its first 64 KiB: UTF-8 with BOM, UTF-8, else cp1252; ``,`` or
-    ``;``. A file whose start is UTF-8 but whose rest is not is caught when it is parsed (see :func:`_read_csv`)."""
+    """(encoding, delimiter) of a CSV file: UTF-8 with BOM, UTF-8, else cp1252, decided on the whole file; ``,`` or
+    ``;`` from the header line.
+
+    A file that is UTF-8 in part and something else elsewhere is refused, naming the line of the first byte
+    that is not UTF-8: reading it all as cp1252 would garble every accent (``Café`` -> ``CafÃ©``) without a
+    word. A NUL byte (UTF-16, a binary file, or a cell that the parser would cut short) is refused with its line.
+    """
     with path.open("rb") as handle:
         head = handle.read(64 * 1024)
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in head:
-        raise ConsultError(f"{path}: not a text file in UTF-8 or cp1252 (NUL bytes: UTF-16 or binary?)")
-    if head.startswith(codecs.BOM_UTF8):
-        encoding = "utf-8-sig"
-    elif _decodes(head, "utf-8"):
-        encoding = "utf-8"
-    elif _decodes(head, "cp1252"):
-        encoding = "cp1252"
-    else:
-        raise ConsultError(f"{path}: the text is neither UTF-8 nor cp1252; save it as UTF-8 CSV")
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise ConsultError(f"{path}: not a text file in UTF-8 or cp1252 (UTF-16); save it as UTF-8 CSV")
+    encoding = _whole_file_encoding(path)
     header = head.decode(encoding, errors="replace").lstrip("\ufeff").splitlines()[0] if head.strip() else ""
     unquoted = re.sub(r'"[^"]*"', "", header)
     delimiter = ";" if unquoted.count(";") > unquoted.count(",") else ","
     return encoding, delimiter
 
 
-def _decodes(head: bytes, encoding: str) -> bool:
-    """Whether ``head`` decodes, allowing a character cut in two at its end."""
+# Well-formed multi-byte UTF-8 sequences: a cp1252 file practically never holds one (it would read "Ã©").
+_UTF8_MULTIBYTE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
+
+
+def _whole_file_encoding(path: Path) -> str:
+    """UTF-8 (with or without BOM) when every byte of the file decodes so; cp1252 when no byte sequence of the
+    file is UTF-8 beyond ASCII; otherwise a ConsultError naming the line of the first byte that is not UTF-8.
+
+    Streams the file in 1 MiB chunks (a 100 MB export is never held twice)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # bytes of the file before the current chunk
+    lines = 1  # line number at the start of the current chunk
+    first_bad: tuple[int, int, int] | None = None  # (line, byte value, offset)
+    has_utf8 = False
+    bom = False
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            if offset == 0:
+                bom = chunk.startswith(codecs.BOM_UTF8)
+            nul = chunk.find(b"\x00")
+            if nul >= 0:
+                nul_line = lines + chunk.count(b"\n", 0, nul)
+                raise ConsultError(
+                    f"{path}: line {nul_line} holds a NUL byte (0x00): not a text export "
+                    "(UTF-16 or binary?); save it as UTF-8 CSV"
+                )
+            if first_bad is None:
+                try:
+                    decoder.decode(chunk, final=False)
+                except UnicodeDecodeError as error:
+                    # The failing byte may sit a few bytes into the chunk's carried-over start: count from 0.
+                    start = max(error.start, 0)
+                    first_bad = (lines + chunk.count(b"\n", 0, start), chunk[start] if start < len(chunk) else 0,
+                                 offset + start)
+            has_utf8 = has_utf8 or bool(_UTF8_MULTIBYTE.search(chunk))
+            lines += chunk.count(b"\n")
+            offset += len(chunk)
+    if first_bad is None:
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            first_bad = (lines, 0, offset)
+    if first_bad is None:
+        return "utf-8-sig" if bom else "utf-8"
+    line, byte, _ = first_bad
+    if has_utf8 or bom:
+        raise ConsultError(
+            f"{path}: line {line}: byte 0x{byte:02X} is not UTF-8 while the rest of the file is: mixed encodings; "
+            "save the file again as UTF-8 CSV"
+        )
     try:
-        codecs.getincrementaldecoder(encoding)().decode(head, final=False)
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                chunk.decode("cp1252")
     except UnicodeDecodeError:
-        return False
-    return True
+        raise ConsultError(
+            f"{path}: line {line}: byte 0x{byte:02X}: the text is neither UTF-8 nor cp1252; save it as UTF-8 CSV"
+        ) from None
+    return "cp1252"
 
 
 def _read_csv(path: Path, encoding: str, delimiter: str) -> tuple[pd.DataFrame, int, list[str]]:
@@ -228,22 +310,59 @@ def _read_csv(path: Path, encoding: str, delimiter: str) -> tuple[pd.DataFrame, 
     except (pd.errors.ParserError, ValueError) as error:
         raise ConsultError(f"{path}: not a readable CSV file ({str(error).strip().splitlines()[0]})") from None
     table = table.fillna("")
-    header = _csv_header(path, encoding, delimiter)
-    table.columns = [str(column).strip() for column in (header if len(header) == len(table.columns)
-                                                        else table.columns)]
+    # pandas renames a repeated heading ("markets", "markets.1"): the header as written decides.
+    table.columns = [str(column).strip() for column in _csv_header(path, encoding, delimiter, len(table.columns))]
     _refuse_duplicate_headers(path, table)
     notes = [f"read as CSV, encoding {encoding}, delimiter {delimiter!r}"]
     return table, 1, notes
 
 
+def _csv_header(path: Path, encoding: str, delimiter: str, width: int) -> list[str]:
+    """The header row exactly as written (the first record, quotes and all, via the same parser)."""
+    header = pd.read_csv(path, header=None, nrows=1, sep=delimiter, encoding=encoding, dtype=str,
+                         keep_default_na=False, na_filter=False, index_col=False, engine="c")
+    names = ["" if value is None else str(value) for value in header.iloc[0].tolist()] if len(header) else []
+    return (names + [""] * width)[:width]
+
+
 # --- XLSX --------------------------------------------------------------------------------------------------
 
 
-def _read_xlsx(path: Path) -> tuple[pd.DataFrame, int | None, list[str]]:
+def check_archive(path: Path, limits: ReadLimits) -> None:
+    """Refuse a zip bomb before anything inflates it, from the sizes in the archive's central directory.
+
+    The declared sizes can be trusted as bounds: Python's zipfile stops inflating a member at its declared size
+    (and then fails its CRC check), so a member cannot grow past what is checked here."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise ConsultError(f"{path}: not a readable XLSX file ({str(error).strip().splitlines()[0]})") from None
+    total = 0
+    for member in members:
+        total += member.file_size
+        ratio = member.file_size / max(member.compress_size, 1)
+        if member.file_size >= _RATIO_CHECKED_FROM and ratio > limits.xlsx_max_compression_ratio:
+            raise ConsultError(
+                f"{path}: refused: {member.filename} inflates {ratio:,.0f} times "
+                f"(limit CONSULT_XLSX_MAX_COMPRESSION_RATIO={limits.xlsx_max_compression_ratio}); "
+                "not what a survey tool exports"
+            )
+    if total > limits.xlsx_max_uncompressed_bytes:
+        raise ConsultError(
+            f"{path}: refused: the workbook inflates to {total:,} bytes "
+            f"(limit CONSULT_XLSX_MAX_UNCOMPRESSED_BYTES={limits.xlsx_max_uncompressed_bytes:,})"
+        )
+
+
+def _read_xlsx(path: Path, limits: ReadLimits) -> tuple[pd.DataFrame, int | None, list[str]]:
     # openpyxl parses with defusedxml when it is installed, which refuses entity declarations (billion laughs).
     import openpyxl
     from defusedxml import DefusedXmlException
 
+    # Rows are counted as they stream: a sheet of millions of rows stops at the limit, not after it is read.
+    # (The header and EUSurvey's metadata rows come on top of the limit on response rows.)
+    row_limit = limits.max_rows + _MAX_METADATA_ROWS + 1
     try:
         # A file handle, not the path: openpyxl would go by the name's extension, and a workbook saved as .csv is
         # still a workbook.
@@ -251,9 +370,18 @@ def _read_xlsx(path: Path) -> tuple[pd.DataFrame, int | None, list[str]]:
             workbook = openpyxl.load_workbook(handle, read_only=True, data_only=True)
             try:
                 sheet = workbook.worksheets[0]
-                rows = [[_xlsx_cell(value) for value in row] for row in sheet.iter_rows(values_only=True)]
+                rows = []
+                for row in sheet.iter_rows(values_only=True):
+                    if len(rows) >= row_limit:
+                        raise ConsultError(
+                            f"{path}: refused: more than {limits.max_rows:,} rows (limit CONSULT_MAX_ROWS); "
+                            "split the file"
+                        )
+                    rows.append([_xlsx_cell(value) for value in row])
             finally:
                 workbook.close()
+    except ConsultError:
+        raise
     except Exception as error:  # noqa: BLE001 - openpyxl wraps zip, XML and defusedxml errors in its own types
         refused = _entity_refusal(error, DefusedXmlException)
         if refused is not None:
@@ -318,9 +446,13 @@ def _read_jsonl(path: Path) -> tuple[pd.DataFrame, int, list[str]]:
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = json.loads(line, object_pairs_hook=_refusing_duplicate_keys)
                 except json.JSONDecodeError as error:
                     raise ConsultError(f"{path}: line {line_number} is not valid JSON ({error.msg})") from None
+                except _DuplicateKey as duplicate:
+                    raise ConsultError(
+                        f"{path}: line {line_number}: the key {duplicate.args[0]!r} appears twice"
+                    ) from None
                 if not isinstance(record, dict):
                     raise ConsultError(f"{path}: line {line_number} is not a JSON object")
                 records.append({str(key): _json_cell(value) for key, value in record.items()})
@@ -331,6 +463,20 @@ def _read_jsonl(path: Path) -> tuple[pd.DataFrame, int, list[str]]:
     table = pd.DataFrame.from_records(records).fillna("").astype(str)
     _refuse_duplicate_headers(path, table)
     return table, 0, ["read as JSON lines"]
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _refusing_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads keeps the last of two equal keys without a word: the file is refused instead."""
+    record: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in record:
+            raise _DuplicateKey(key)
+        record[key] = value
+    return record
 
 
 def _json_cell(value: Any) -> str:
@@ -352,14 +498,6 @@ def _normalise_header(text: str) -> str:
     return tools.normalise_header(text)
 
 
-def _csv_header(path: Path, encoding: str, delimiter: str) -> list[str]:
-    """The header row exactly as written (pandas renames a repeated heading ``X`` to ``X.1``)."""
-    import csv
-
-    with path.open(encoding=encoding, newline="") as handle:
-        return next(csv.reader(handle, delimiter=delimiter), [])
-
-
 def _refuse_duplicate_headers(path: Path, table: pd.DataFrame) -> None:
     """A heading written twice is kept apart (``X``, ``X (2)``) and recorded: the mapping refuses the file only
     when a question reads it (see consult.ingest.columns)."""
@@ -376,3 +514,12 @@ def _refuse_duplicate_headers(path: Path, table: pd.DataFrame) -> None:
     if repeated:
         table.columns = renamed
         table.attrs["repeated_headings"] = repeated
+
+
+def _refuse_nul_cells(path: Path, table: pd.DataFrame) -> None:
+    """A NUL character is cut off or refused by what comes later (C strings, PostgreSQL text): refused here,
+    with its row, rather than stored shortened."""
+    for column in table.columns:
+        found = table[column].str.contains("\x00", regex=False)
+        if found.any():
+            raise ConsultError(f"{path}: row {found.idxmax()}, column {column!r} holds a NUL character (0x00)")

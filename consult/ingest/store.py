@@ -471,7 +471,10 @@ class QuarantineEntry:
     review_note: str | None
 
 
-def list_quarantine(session: Session, year: int, *, status: str | None = "open") -> list[QuarantineEntry]:
+def list_quarantine(
+    session: Session, year: int, *, status: str | None = "open", limit: int | None = None
+) -> list[QuarantineEntry]:
+    """Quarantined rows of a round, oldest first; at most ``limit`` (the report shows the first rows only)."""
     query = (
         select(QuarantinedRow, IngestedFile.name, Partnership.code)
         .join(Round, Round.id == QuarantinedRow.round_id)
@@ -482,6 +485,8 @@ def list_quarantine(session: Session, year: int, *, status: str | None = "open")
     )
     if status:
         query = query.where(QuarantinedRow.status == status)
+    if limit is not None:
+        query = query.limit(limit)
     return [
         QuarantineEntry(
             id=row.id, file=file_name, row_number=row.row_number, partnership=code, status=row.status,

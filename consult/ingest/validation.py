@@ -25,6 +25,7 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from consult.ingest import data_docs
 from consult.ingest.normalise import INTEGER_PATTERN, NUMBER_PATTERN, Reason, distinct
 from consult.questionnaire import Question, Questionnaire, load_questionnaire
 from consult.settings import EXPECTATIONS_DIR
@@ -45,7 +46,7 @@ _MESSAGES = {
     "scale": "{field}: {value!r} is not a value of the scale (a whole number or one of its labels)",
     "choice": "{field}: {value!r} is not one of the options",
     "length": "{field}: longer than {max} characters",
-    "submit_date": "submitted_at: {value!r} is not a date",
+    "submit_date": "submitted_at: {value!r} is not a submission date (ISO 8601, from 2000 to tomorrow)",
     "one_per_partnership": "{value} submitted twice with the same submit date: the later row in the file counts",
     "year_over_year": "{field}: {value} is more than {factor} times last year's answer ({previous})",
 }
@@ -298,9 +299,11 @@ class SuiteRun:
     suite: dict[str, Any]
     gx_result: Any = None
     gx_result_id: Any = None
+    asset_name: str = ""
+    file_sha256: str = ""
 
 
-def run_suite(frame: pd.DataFrame, suite: dict[str, Any], *, asset_name: str) -> SuiteRun:
+def run_suite(frame: pd.DataFrame, suite: dict[str, Any], *, asset_name: str, cap: int = 20) -> SuiteRun:
     """Run the suite once on the whole table."""
     import great_expectations as gx
 
@@ -310,15 +313,27 @@ def run_suite(frame: pd.DataFrame, suite: dict[str, Any], *, asset_name: str) ->
     batch = asset.add_batch_definition_whole_dataframe("whole file")
     gx_suite = context.suites.add(_gx_suite(gx, suite))
     definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=f"{suite['name']} on {asset_name}", data=batch, suite=gx_suite)
+        gx.ValidationDefinition(name=f"{suite['name']} on {asset.name}", data=batch, suite=gx_suite)
     )
-    result_format = {"result_format": "COMPLETE", "unexpected_index_column_names": [ROW],
-                     "return_unexpected_index_query": False}
+    # Every failing row is needed (it goes to quarantine), but GX's COMPLETE lists are built, deep-copied and
+    # serialised row by row: a file with 100,000 invalid rows spent most of its ingest there. So GX reports a
+    # capped sample (SUMMARY: counts exact, at most `cap` values: also what the Data Docs show) and the rows are
+    # located by :data:`_ROW_LOCATORS`, which re-check each failed expectation's own kwargs with vectorised
+    # pandas; their count must equal GX's unexpected_count. A suite with another expectation type keeps COMPLETE.
+    locatable = all(item["type"] in _ROW_LOCATORS for item in suite["expectations"])
+    # (GX looks up unexpected_index_column_names row by row, for every unexpected row even in SUMMARY: in that
+    # mode the sample's rows come from the table's index, which is set to the row numbers instead.)
+    result_format: dict[str, Any] = (
+        {"result_format": "SUMMARY", "partial_unexpected_count": cap} if locatable else
+        {"result_format": "COMPLETE", "unexpected_index_column_names": [ROW], "return_unexpected_index_query": False}
+    )
+    if locatable:
+        frame = frame.set_axis(pd.Index(frame[ROW].to_numpy(), name=ROW), axis=0)
     checkpoint = context.checkpoints.add(
         gx.Checkpoint(name="ingest", validation_definitions=[definition], actions=[], result_format=result_format)
     )
     outcome = checkpoint.run(batch_parameters={"dataframe": frame})
-    run = SuiteRun(expectations=[], suite=suite)
+    run = SuiteRun(expectations=[], suite=suite, asset_name=asset_name)
     for result_id, run_result in outcome.run_results.items():
         run.gx_result, run.gx_result_id = run_result, result_id
         for item in run_result.results:
@@ -337,15 +352,93 @@ def run_suite(frame: pd.DataFrame, suite: dict[str, Any], *, asset_name: str) ->
                     "severity": str(getattr(config.severity, "value", config.severity)),
                     "success": bool(item.success),
                     "checked": int(result.get("element_count", len(frame)) or 0),
-                    "rows": [int(entry[ROW]) for entry in result.get("unexpected_index_list") or []],
+                    "rows": _failing_rows(frame, config.type, dict(config.kwargs), result, locatable),
                 }
             )
     return run
 
 
-def render_data_docs(runs: list[SuiteRun], folder: Path) -> Path | None:
+def _failing_rows(
+    frame: pd.DataFrame, kind: str, kwargs: dict[str, Any], result: dict[str, Any], located: bool
+) -> list[int]:
+    """The row numbers an expectation failed on: GX's complete list, or located (see :func:`run_suite`)."""
+    if not located:
+        return [int(entry[ROW]) for entry in result.get("unexpected_index_list") or []]
+    expected = int(result.get("unexpected_count") or 0)
+    if expected == 0:
+        return []
+    rows = frame.loc[_ROW_LOCATORS[kind](frame, kwargs).fillna(False).astype(bool), ROW]
+    if len(rows) != expected:
+        raise RuntimeError(
+            f"expectation {kind} on {kwargs}: Great Expectations counts {expected} unexpected rows, "
+            f"the row locator finds {len(rows)}"
+        )
+    return [int(row) for row in rows.tolist()]
+
+
+def _not_null(frame: pd.DataFrame, kwargs: dict[str, Any]) -> pd.Series:
+    return frame[kwargs["column"]].isna()
+
+
+def _in_set(frame: pd.DataFrame, kwargs: dict[str, Any]) -> pd.Series:
+    column = frame[kwargs["column"]]
+    return column.notna() & ~column.isin(list(kwargs["value_set"]))
+
+
+def _outside(values: pd.Series, kwargs: dict[str, Any]) -> pd.Series:
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    outside = pd.Series(False, index=values.index)
+    if low is not None:
+        outside |= (values <= low) if kwargs.get("strict_min") else (values < low)
+    if high is not None:
+        outside |= (values >= high) if kwargs.get("strict_max") else (values > high)
+    return values.notna() & outside
+
+
+def _between(frame: pd.DataFrame, kwargs: dict[str, Any]) -> pd.Series:
+    return _outside(frame[kwargs["column"]].astype("float64"), kwargs)
+
+
+def _lengths_between(frame: pd.DataFrame, kwargs: dict[str, Any]) -> pd.Series:
+    column = frame[kwargs["column"]]
+    lengths = column.astype(object).where(column.notna()).map(lambda value: len(value) if isinstance(value, str)
+                                                              else float("nan"))
+    return _outside(lengths.astype("float64"), kwargs)
+
+
+def _compound_unique(frame: pd.DataFrame, kwargs: dict[str, Any]) -> pd.Series:
+    columns = list(kwargs["column_list"])
+    considered = frame[columns].notna().all(axis=1) if kwargs.get("ignore_row_if") == "any_value_is_missing" \
+        else frame[columns].notna().any(axis=1)
+    duplicated = frame.loc[considered, columns].duplicated(keep=False)
+    return duplicated.reindex(frame.index, fill_value=False)
+
+
+def _pair_greater(frame: pd.DataFrame, kwargs: dict[str, Any]) -> pd.Series:
+    a, b = frame[kwargs["column_A"]], frame[kwargs["column_B"]]
+    considered = a.notna() & b.notna() if kwargs.get("ignore_row_if") == "either_value_is_missing" \
+        else a.notna() | b.notna()
+    holds = (a >= b) if kwargs.get("or_equal") else (a > b)
+    return considered & ~holds.fillna(False).astype(bool)
+
+
+# How to find the failing rows of each expectation type the generator writes (see :func:`run_suite`).
+_ROW_LOCATORS = {
+    "expect_column_values_to_not_be_null": _not_null,
+    "expect_column_values_to_be_in_set": _in_set,
+    "expect_column_values_to_be_between": _between,
+    "expect_column_value_lengths_to_be_between": _lengths_between,
+    "expect_compound_columns_to_be_unique": _compound_unique,
+    "expect_column_pair_values_a_to_be_greater_than_b": _pair_greater,
+}
+
+
+def render_data_docs(runs: list[SuiteRun], folder: Path, *, cap: int = 20) -> Path | None:
     """Render the Data Docs of these suite runs into ``folder`` (pages of earlier runs there stay listed);
     returns the index page, or None when no run has a result to show.
+
+    Values are escaped and at most ``cap`` unexpected values are shown per expectation; the pages are then made
+    self-contained with a CSP that allows no script (:mod:`consult.ingest.data_docs`).
 
     Apart from the validation, so that the flow renders them while the responses are being stored.
     """
@@ -365,13 +458,30 @@ def render_data_docs(runs: list[SuiteRun], folder: Path) -> Path | None:
         },
     )
     suites: set[str] = set()
+    pages: list[data_docs.PageEntry] = []
     for run in shown:
         if run.suite["name"] not in suites:
             context.suites.add(_gx_suite(gx, run.suite))
             suites.add(run.suite["name"])
+        data_docs.prepare_result(run.gx_result, cap)
         context.validation_results_store.set(run.gx_result_id, run.gx_result)
+        pages.append(_page_entry(run))
     context.build_data_docs(site_names=["dq"])
-    return (folder / "index.html").resolve()
+    data_docs.make_offline(folder)
+    data_docs.record_pages(folder, pages)
+    return data_docs.write_index(folder).resolve()
+
+
+def _page_entry(run: SuiteRun) -> data_docs.PageEntry:
+    suite, run_id, run_time, batch = (str(part) for part in run.gx_result_id.to_tuple())
+    return data_docs.PageEntry(
+        page=f"validations/{suite}/{run_id}/{run_time}/{batch}.html",
+        file=str(run.asset_name),
+        run_time=run_time,
+        success=bool(run.gx_result.success),
+        failed_expectations=sum(1 for item in run.expectations if not item["success"]),
+        sha256=run.file_sha256,
+    )
 
 
 def validate(
@@ -454,10 +564,15 @@ def _reasons(
             "column": field_name,
             "severity": severity,
             "value": value,
-            "message": template.format(**base, value=value, **extra),
+            "message": template.format(**base, value=_shown(value), **extra),
         }
         for value, extra in zip(values, extras, strict=True)
     ]
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    """A value as a one-line message quotes it: a 100,000-digit cell is kept whole in the reason's ``value``."""
+    return value if len(value) <= limit else f"{value[:limit]}… ({len(value):,} characters)"
 
 
 def _plain_number(value: Any) -> str:
