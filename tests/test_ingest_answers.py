@@ -131,14 +131,13 @@ def test_qualtrics_unfinished_response_is_partial(tmp_path):
     assert read_file.cells["complete"].tolist() == [True, False]
 
 
-def test_submit_dates_before_2000_are_errors_and_outside_the_round_warnings():
-    cells = pd.DataFrame({"submitted_at": ["1980-01-01", "2024-03-01", "2024-09-01", "2024-04-30 23:00"]},
+def test_submit_dates_outside_the_round_are_warnings():
+    cells = pd.DataFrame({"submitted_at": ["2024-01-15", "2024-03-01", "2024-09-01", "2024-04-30 23:00"]},
                          index=pd.Index([2, 3, 4, 5], name="row_number"))
     dates = pd.to_datetime(cells["submitted_at"], format="ISO8601").dt.tz_localize("UTC")
     window = RoundWindow(opened=dt.datetime(2024, 2, 1, tzinfo=dt.UTC), closes_on=dt.date(2024, 4, 30), year=2024)
-    errors, warnings = check_submit_dates(dates, cells, window)
-    assert list(errors) == [2] and "before 2000" in errors[2][0]["message"]
-    assert list(warnings) == [4] and "outside round 2024" in warnings[4][0]["message"]
+    warnings = check_submit_dates(dates, cells, window)
+    assert list(warnings) == [2, 4] and "outside round 2024" in warnings[4][0]["message"]
 
 
 @pytest.mark.parametrize(("question", "complaint"), [

@@ -206,7 +206,7 @@ def test_a_csv_with_a_heading_twice_is_refused(tmp_path, engine, round_2019):
     lines = reference_lines()
     path = tmp_path / "twice.csv"
     path.write_bytes(lines[0] + b",markets\n" + b"\n".join(line + b",CA" for line in lines[1:]) + b"\n")
-    ingest_refused(tmp_path, engine, path, "'markets' appears twice")
+    ingest_refused(tmp_path, engine, path, "'markets' appears 2 times", "question markets reads it")
 
 
 @SQLITE_ONLY

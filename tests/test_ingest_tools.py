@@ -349,6 +349,7 @@ def test_placeholder_submit_date_is_quarantined_and_late_one_flagged(engine, set
     assert (summary.accepted, summary.quarantined, summary.warnings) == (1, 1, 1)
     with session_scope(engine) as session:
         [row] = session.scalars(select(QuarantinedRow)).all()
-        assert row.reasons[0]["rule"] == "submit_date_year" and "before 2000" in row.reasons[0]["message"]
+        assert row.reasons[0]["rule"] == "submit_date" and "1980-01-01" in row.reasons[0]["message"]
+        assert "from 2000" in row.reasons[0]["message"]
         [response] = session.scalars(select(Response)).all()
         assert [w["rule"] for w in response.warnings] == ["submit_date_window"]

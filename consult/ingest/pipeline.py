@@ -156,11 +156,7 @@ def validate_files(settings: Settings, year: int, matched: list[MatchedFile]) ->
             has_submit_date=item.file.has_submit_date, asset_name=item.file.name,
         )
         validation.suite_source = suite_source
-        dated_errors, dated_warnings = check_submit_dates(
-            normalised.typed["submitted_at"], item.file.cells, window
-        )
-        validation.errors = _merge(validation.errors, dated_errors)
-        warnings = _merge(warnings, dated_warnings)
+        warnings = _merge(warnings, check_submit_dates(normalised.typed["submitted_at"], item.file.cells, window))
         validated.append(
             ValidatedFile(
                 file=item.file,
@@ -183,20 +179,17 @@ class RoundWindow:
     year: int
 
 
-# An export's submit date before this year is a placeholder (anonymised dates are often 1980-01-01), not a date.
-EARLIEST_SUBMIT_YEAR = 2000
-
-
 def check_submit_dates(
     submitted_at: pd.Series, cells: pd.DataFrame, window: RoundWindow
-) -> tuple[dict[int, list[Reason]], dict[int, list[Reason]]]:
-    """(errors, warnings) about submit dates: a year before 2000 is an error; a date outside the round's
-    open..close window (close day included) a warning."""
-    errors: dict[int, list[Reason]] = {}
+) -> dict[int, list[Reason]]:
+    """Warnings about submit dates outside the round's open..close window (close day included).
+
+    A date that is no submission date at all (before 2000, such as an anonymised 1980-01-01, or after tomorrow)
+    never gets here: ``parse_timestamps`` reads it as missing and the suite quarantines its row with the value."""
     warnings: dict[int, list[Reason]] = {}
     dates = submitted_at.dropna()
     if dates.empty:
-        return errors, warnings
+        return warnings
     opened = pd.Timestamp(window.opened)
     opened = opened.tz_localize("UTC") if opened.tzinfo is None else opened.tz_convert("UTC")
     # The close day counts whole, in any time zone a respondent may be in.
@@ -204,14 +197,7 @@ def check_submit_dates(
     # A round opened after its close date is a past round entered afterwards: its opening says nothing about
     # when answers came in, so only the close date bounds them.
     opens = opened.normalize() - pd.Timedelta(hours=14) if opened < closes else pd.Timestamp.min.tz_localize("UTC")
-    too_old = dates.dt.year < EARLIEST_SUBMIT_YEAR
-    outside = ~too_old & ((dates < opens) | (dates > closes))
-    for row_number, value in dates[too_old].items():
-        written = str(cells.at[row_number, "submitted_at"]) if "submitted_at" in cells.columns else str(value)
-        errors.setdefault(int(row_number), []).append(
-            {"expectation": "submit_date_plausible", "rule": "submit_date_year", "column": "submitted_at",
-             "severity": "error", "value": written,
-             "message": f"submitted_at: {written!r} is before {EARLIEST_SUBMIT_YEAR}: a placeholder, not a date"})
+    outside = (dates < opens) | (dates > closes)
     for row_number, value in dates[outside].items():
         written = str(cells.at[row_number, "submitted_at"]) if "submitted_at" in cells.columns else str(value)
         warnings.setdefault(int(row_number), []).append(
@@ -220,7 +206,7 @@ def check_submit_dates(
              "message": f"submitted_at: {written} is outside round {window.year} ("
                         + (f"{opened.date().isoformat()} to " if opened < closes else "closing ")
                         + f"{window.closes_on.isoformat()})"})
-    return errors, warnings
+    return warnings
 
 
 def write_data_docs(settings: Settings, year: int, validated: list[ValidatedFile]) -> str | None:
