@@ -15,3 +15,14 @@ def parse_year(value: str) -> int:
 
 
 YearArg = Annotated[int, typer.Argument(help="The round's year, e.g. 2019.", parser=parse_year, metavar="YEAR")]
+
+
+def prefect_ready() -> None:
+    """Before a command imports its flow: make sure a Prefect server answers (the local one is started and
+    left running when none does), saying so in one line. See consult/local_prefect.py."""
+    from consult.local_prefect import ensure_prefect_api
+    from consult.settings import get_settings
+
+    note = ensure_prefect_api(get_settings())
+    if note:
+        typer.echo(note)

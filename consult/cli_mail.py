@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from sqlalchemy import Engine
 
-from consult.cli_common import YearArg
+from consult.cli_common import YearArg, prefect_ready
 from consult.errors import ConsultError
 from consult.settings import get_settings
 from db.engine import open_database
@@ -26,9 +26,10 @@ def _engine() -> Engine:
 def invite(year: YearArg) -> None:
     """Send the round's invitations: each active contact of each partnership gets exactly one, with its
     partnership's own response link; a re-run sends only what is still missing."""
+    _engine()
+    prefect_ready()
     from flows.mailing import send_invitations
 
-    _engine()
     report = send_invitations(year)
     typer.echo(f"invitations for {year}: {report}")
     _exit_on_problems(report)
@@ -41,9 +42,10 @@ def remind(
 ) -> None:
     """Send the reminder that is due by the round's schedule, or one now with --force; only contacts of
     partnerships that have not answered get it, and never twice."""
+    _engine()
+    prefect_ready()
     from flows.mailing import send_reminders
 
-    _engine()
     report = send_reminders(year, force=force)
     if report.sequence is None:
         typer.echo(f"reminders for {year}: {report.note or 'none due today'} (use --force to send one now)")
@@ -55,9 +57,10 @@ def remind(
 @app.command("thank")
 def thank(year: YearArg) -> None:
     """Thank the contacts of every partnership whose answers were accepted (once each)."""
+    _engine()
+    prefect_ready()
     from flows.mailing import send_thank_yous
 
-    _engine()
     report = send_thank_yous(year)
     typer.echo(f"thank-yous for {year}: {report}")
     _exit_on_problems(report)

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     task_runner: Literal["threads", "dask"] = Field(default="threads", description="dask: run tasks on Dask.")
     dask_address: str | None = Field(default=None, description="Scheduler of an existing Dask cluster (tcp://...).")
 
+    # Where flows report (consult/local_prefect.py): the local server left running in data_dir/prefect, started
+    # on first use; `ephemeral` is Prefect's temporary server per command (one-off scripts, CI).
+    prefect: Literal["local", "ephemeral"] = Field(default="local", description="local or ephemeral Prefect server.")
+    prefect_start_timeout: float = Field(default=90, gt=0, description="Seconds the local server may take to start.")
+    prefect_health_timeout: float = Field(default=5, gt=0, description="Seconds PREFECT_API_URL may take to answer.")
+
     @field_validator("data_dir", "output_dir", "mailbox_dir")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
