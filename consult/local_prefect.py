@@ -95,6 +95,14 @@ def is_healthy(api_url: str, timeout: float = HEALTH_TIMEOUT_SECONDS) -> bool:
         return False
 
 
+def answers(api_url: str, timeout: float) -> bool:
+    """Someone else's server answers at all (Prefect Cloud may want a key before it says healthy)."""
+    try:
+        return httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout).status_code < 500
+    except httpx.HTTPError:
+        return False
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -363,7 +371,7 @@ def ensure_prefect_api(settings: Settings, environ: dict[str, str] | None = None
         return None
     api_url = environ.get("PREFECT_API_URL")
     if api_url:
-        if not is_healthy(api_url, timeout=settings.prefect_health_timeout):
+        if not answers(api_url, timeout=settings.prefect_health_timeout):
             raise ConsultError(
                 f"the Prefect server at PREFECT_API_URL={api_url} does not answer: start it, or unset "
                 "PREFECT_API_URL to use the local server (`consult server start`), or set CONSULT_PREFECT=ephemeral"

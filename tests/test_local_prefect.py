@@ -174,3 +174,30 @@ def test_an_unreachable_prefect_api_url_fails_in_one_line_saying_what_to_do(work
         "unset PREFECT_API_URL to use the local server (`consult server start`), or set CONSULT_PREFECT=ephemeral"
     )
     assert not (workdir / "data" / "prefect" / "server.pid").exists()  # no local server started behind its back
+
+
+@pytest.mark.slow
+def test_two_commands_starting_the_server_at_once_get_the_same_one(workdir):
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("CONSULT_", "PREFECT_API"))}
+    env |= {"CONSULT_DATA_DIR": str(workdir / "data")}
+    both = [subprocess.Popen([CONSULT, "server", "start"], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [process.communicate(timeout=300) for process in both]
+    assert [process.returncode for process in both] == [0, 0], outputs
+    state = recorded(workdir)
+    said = sorted(stdout.strip() for stdout, _ in outputs)
+    assert said == [
+        f"local Prefect server already running (pid {state['pid']}): UI at {state['url']}, API at {state['url']}/api",
+        f"local Prefect server started (pid {state['pid']}): UI at {state['url']}, API at {state['url']}/api",
+    ]
+
+
+def test_ephemeral_mode_leaves_the_server_to_prefect(tmp_path):
+    """CONSULT_PREFECT=ephemeral: nothing is started, checked or exported; Prefect's temporary server runs."""
+    from consult.local_prefect import ensure_prefect_api
+    from consult.settings import Settings
+
+    environ: dict[str, str] = {"PREFECT_API_URL": "http://127.0.0.1:9/api"}  # even one that would not answer
+    assert ensure_prefect_api(Settings(data_dir=tmp_path / "data", prefect="ephemeral"), environ) is None
+    assert environ == {"PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    assert not (tmp_path / "data").exists()
