@@ -74,6 +74,23 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["CONSULT_TEST_PREFECT_SERVER"] = server.api_url
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A test that runs `consult` without PREFECT_API_URL starts a local Prefect server in its data folder and
+    should stop it; any left behind (a failed test) is stopped here, in the controlling process once every
+    worker has finished (the workers' temporary folders are under the controller's)."""
+    if hasattr(session.config, "workerinput"):
+        return
+    from consult.local_prefect import stop
+    from consult.settings import Settings
+
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None or factory._basetemp is None:
+        return
+    for pid_file in factory.getbasetemp().glob("**/prefect/server.pid"):
+        stop(Settings(data_dir=pid_file.parent.parent))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def prefect_server_url() -> str:
     """The session's Prefect server (started in pytest_configure): flows run in tests report to it."""
