@@ -95,6 +95,16 @@ def is_healthy(api_url: str, timeout: float = HEALTH_TIMEOUT_SECONDS) -> bool:
         return False
 
 
+def serves_this_folder(api_url: str, files: ServerFiles) -> bool:
+    """The server answering at ``api_url`` is the one of this data folder (its PREFECT_HOME), not another
+    folder's server that took the same port first (two folders starting theirs at once)."""
+    try:
+        answer = httpx.get(f"{api_url}/admin/settings", timeout=HEALTH_TIMEOUT_SECONDS)
+        return answer.status_code == 200 and Path(answer.json().get("home", "")) == files.home
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
 def answers(api_url: str, timeout: float) -> bool:
     """Someone else's server answers at all (Prefect Cloud may want a key before it says healthy)."""
     try:
@@ -143,7 +153,7 @@ def status(settings: Settings) -> ServerStatus:
         return ServerStatus(running=False, url=url)
     if not _process_alive(pid):
         return ServerStatus(running=False, pid=pid, url=url, stale=True)
-    healthy = url is not None and is_healthy(f"{url}/api")
+    healthy = url is not None and is_healthy(f"{url}/api") and serves_this_folder(f"{url}/api", files)
     return ServerStatus(running=healthy, pid=pid, url=url, alive=True)
 
 
@@ -249,7 +259,7 @@ def start(settings: Settings, *, port: int | None = None, timeout: float | None 
         if current.alive:
             # Recorded and alive but not answering: still starting (another command launched it), or stuck.
             assert current.pid is not None
-            if current.url and _wait_healthy(f"{current.url}/api", current.pid, timeout):
+            if current.url and _wait_healthy(f"{current.url}/api", current.pid, timeout, files):
                 return StartResult(url=current.url, pid=current.pid, started=False)
             raise ConsultError(
                 f"the local Prefect server (pid {current.pid}) does not answer at {current.url}/api/health after "
@@ -258,11 +268,19 @@ def start(settings: Settings, *, port: int | None = None, timeout: float | None 
         if current.stale:
             notes.append(f"the local Prefect server (pid {current.pid}) had died; removed its stale pid file")
             _remove_records(files)
-        chosen = _choose_port(port, current.url, notes)
-        return _spawn(files, chosen, timeout, notes)
+        chosen = _choose_port(port, current.url, notes, settings.prefect_port)
+        try:
+            return _spawn(files, chosen, timeout, notes)
+        except ConsultError:
+            if port is not None or _port_is_free(chosen):
+                raise
+            # Another program (or another folder's server) bound the port between our check and our start.
+            retry = _free_port()
+            notes.append(f"port {chosen} was taken while the server started; using port {retry}")
+            return _spawn(files, retry, timeout, notes)
 
 
-def _choose_port(asked: int | None, previous_url: str | None, notes: list[str]) -> int:
+def _choose_port(asked: int | None, previous_url: str | None, notes: list[str], default: int = DEFAULT_PORT) -> int:
     if asked is not None:
         if not _port_is_free(asked):
             raise ConsultError(
@@ -270,7 +288,7 @@ def _choose_port(asked: int | None, previous_url: str | None, notes: list[str]) 
                 f"`consult server start --port N`, or leave --port out to take a free one"
             )
         return asked
-    preferred = DEFAULT_PORT
+    preferred = default
     if previous_url:
         with contextlib.suppress(ValueError):
             preferred = int(previous_url.rsplit(":", 1)[1])
@@ -294,7 +312,7 @@ def _spawn(files: ServerFiles, port: int, timeout: float, notes: list[str]) -> S
     files.pid.write_text(f"{process.pid}\n")
     files.state.write_text(json.dumps({"url": url, "port": port, "pid": process.pid, "log": str(files.log),
                                        "database": str(files.database)}) + "\n")
-    if _wait_healthy(f"{url}/api", process.pid, timeout, process=process):
+    if _wait_healthy(f"{url}/api", process.pid, timeout, files, process=process):
         return StartResult(url=url, pid=process.pid, started=True, notes=tuple(notes))
     exited = process.poll() is not None
     if not exited:
@@ -306,7 +324,8 @@ def _spawn(files: ServerFiles, port: int, timeout: float, notes: list[str]) -> S
     raise ConsultError(f"the local Prefect server on port {port} {why}; its log: {files.log}")
 
 
-def _wait_healthy(api_url: str, pid: int, timeout: float, process: subprocess.Popen[bytes] | None = None) -> bool:
+def _wait_healthy(api_url: str, pid: int, timeout: float, files: ServerFiles,
+                  process: subprocess.Popen[bytes] | None = None) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -314,7 +333,9 @@ def _wait_healthy(api_url: str, pid: int, timeout: float, process: subprocess.Po
         if process is None and not _process_alive(pid):
             return False
         if is_healthy(api_url, timeout=min(HEALTH_TIMEOUT_SECONDS, max(deadline - time.monotonic(), 0.1))):
-            return True
+            if serves_this_folder(api_url, files):
+                return True
+            # Another folder's server holds the port: ours cannot bind it and is about to exit.
         time.sleep(0.25)
     return False
 

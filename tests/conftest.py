@@ -79,6 +79,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     """A test that runs `consult` without PREFECT_API_URL starts a local Prefect server in its data folder and
     should stop it; any left behind (a failed test) is stopped here, in the controlling process once every
     worker has finished (the workers' temporary folders are under the controller's)."""
+    import sys
+
+    # The deployed server of tests/prefect_server.py (one per process that used it): an xdist worker exits
+    # without running atexit handlers, so it is stopped here.
+    harness = sys.modules.get("prefect_server")
+    if harness is not None and "server" in harness._shared:
+        harness._shared["server"].stop()
     if hasattr(session.config, "workerinput"):
         return
     from consult.local_prefect import stop

@@ -29,9 +29,20 @@ def consult(*args: str, cwd: Path, env: dict[str, str] | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """`consult ARGS` as a user runs it: no PREFECT_API_URL, no CONSULT_PREFECT, the data folder under cwd."""
     base = {key: value for key, value in os.environ.items() if not key.startswith(("CONSULT_", "PREFECT_API"))}
-    base |= {"CONSULT_DATA_DIR": str(cwd / "data"), "CONSULT_OUTPUT_DIR": str(cwd / "output")}
+    base |= {"CONSULT_DATA_DIR": str(cwd / "data"), "CONSULT_OUTPUT_DIR": str(cwd / "output"),
+             # Tests run in parallel: each folder's server prefers its own port rather than all racing for 4200.
+             "CONSULT_PREFECT_PORT": str(PORTS.setdefault(cwd, free_port()))}
     return subprocess.run([CONSULT, *args], cwd=cwd, env=base | (env or {}), capture_output=True, text=True,
                           timeout=timeout, check=False)
+
+
+PORTS: dict[Path, int] = {}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def recorded(cwd: Path) -> dict:
@@ -179,7 +190,7 @@ def test_an_unreachable_prefect_api_url_fails_in_one_line_saying_what_to_do(work
 @pytest.mark.slow
 def test_two_commands_starting_the_server_at_once_get_the_same_one(workdir):
     env = {key: value for key, value in os.environ.items() if not key.startswith(("CONSULT_", "PREFECT_API"))}
-    env |= {"CONSULT_DATA_DIR": str(workdir / "data")}
+    env |= {"CONSULT_DATA_DIR": str(workdir / "data"), "CONSULT_PREFECT_PORT": str(free_port())}
     both = [subprocess.Popen([CONSULT, "server", "start"], cwd=workdir, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [process.communicate(timeout=300) for process in both]
