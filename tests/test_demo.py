@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -46,6 +47,15 @@ def market_counts(year: int) -> Counter[str]:
     return Counter(code for row in accepted_rows(year) for code in row["markets"].split(";") if code)
 
 
+DEMO_PORTS: dict[Path, int] = {}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def run_demo(workdir: Path) -> subprocess.CompletedProcess[str]:
     env = {
         key: value for key, value in os.environ.items()
@@ -56,6 +66,8 @@ def run_demo(workdir: Path) -> subprocess.CompletedProcess[str]:
         "CONSULT_OUTPUT_DIR": str(workdir / "output"),
         "PREFECT_HOME": str(workdir / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # The local server's port: one of its own (4200 may be taken on a shared machine; said in a note then).
+        "CONSULT_PREFECT_PORT": str(DEMO_PORTS.setdefault(workdir, free_port())),
     }
     consult = Path(sys.executable).parent / "consult"
     return subprocess.run([str(consult), "demo"], cwd=workdir, env=env, capture_output=True, text=True,
