@@ -332,10 +332,10 @@ def _wait_healthy(api_url: str, pid: int, timeout: float, files: ServerFiles,
             return False
         if process is None and not _process_alive(pid):
             return False
-        if is_healthy(api_url, timeout=min(HEALTH_TIMEOUT_SECONDS, max(deadline - time.monotonic(), 0.1))):
-            if serves_this_folder(api_url, files):
-                return True
-            # Another folder's server holds the port: ours cannot bind it and is about to exit.
+        # A healthy answer from another folder's server (it holds the port, ours is about to exit) is not ours.
+        wait = min(HEALTH_TIMEOUT_SECONDS, max(deadline - time.monotonic(), 0.1))
+        if is_healthy(api_url, timeout=wait) and serves_this_folder(api_url, files):
+            return True
         time.sleep(0.25)
     return False
 

@@ -37,7 +37,8 @@ def test_the_benchmark_script_runs_and_prints_its_baseline(script, tmp_path):
     assert "baseline" in result.stdout.lower() or "floor" in result.stdout.lower() or "bare" in result.stdout.lower()
     if script == "bench_commands.py":  # each flow command next to its plain functions and its bare flow
         for command in ("ingest", "publish"):
-            assert re.search(rf"^{command} +[\d.]+ +[\d.]+ +[\d.]+ \(\d+t\) +[\d.]+x +[\d.]+x", result.stdout, re.M)
+            row = rf"^{command} +[\d.]+ +[\d.]+ +[\d.]+ \(\d+t\) +[\d.]+x +[\d.]+x"
+            assert re.search(row, result.stdout, re.MULTILINE)
     if script == "bench_ingest.py":  # each repeat on a fresh database, and the bench's databases dropped after
         assert "2 repeat(s); medians" in result.stdout
         assert "== PostgreSQL" in result.stdout
