@@ -2,6 +2,11 @@
 
 Every failure prints one line naming the file, row or value and exits non-zero; a traceback only with
 CONSULT_DEBUG=1.
+
+Adding a command (here or in a consult/cli_*.py module): import flows (and anything that imports Prefect)
+lazily, inside the command, after `prefect_ready()` (consult.cli_common): importing Prefect costs about a second,
+and database-only commands must not pay it (tests/test_cli_imports.py checks this). `prefect_ready()` makes
+sure a Prefect server answers, starting the local one (consult/local_prefect.py) when none does.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Annotated, Literal
 import typer
 from sqlalchemy import Engine
 
-from consult.cli_common import YearArg, quiet_prefect_console
+from consult.cli_common import YearArg, prefect_ready, quiet_prefect_console
 from consult.errors import ConsultError, find_cause
 from consult.settings import EXAMPLES_DIR, get_settings
 from db.engine import open_database
@@ -159,7 +164,8 @@ def demo(
     out: Annotated[Path | None, typer.Option(help="Output folder (default: CONSULT_OUTPUT_DIR).")] = None,
 ) -> None:
     """Run the 2019 and 2020 reference ESCP-4i rounds end to end on the embedded defaults."""
-    from flows.demo import run_demo
+    prefect_ready()
+    from flows.demo import REFERENCE_ROUNDS, run_demo
     quiet_prefect_console()
 
     results = run_demo(EXAMPLES_DIR / "escp4i", out)
@@ -170,15 +176,18 @@ def demo(
     for year, paths in results.items():
         for label, path in paths.items():
             typer.echo(f"{year} {label + ':':<26} {path}")
-    api_url = os.environ.get("PREFECT_API_URL")
-    if api_url:
-        ui_url = api_url.removesuffix("/api")
-        typer.echo(f"Prefect UI: {ui_url}/artifacts (keys dq-2019, summary-2019, dq-2020, summary-2020)")
+    from consult.local_prefect import ui_url
+
+    ui = ui_url(os.environ.get("PREFECT_API_URL", "")) if settings.prefect != "ephemeral" else None
+    if ui:
+        typer.echo(f"Prefect UI: {ui}/artifacts (summary-YEAR: the summaries; stop the server: `consult server stop`)")
+        for year in REFERENCE_ROUNDS:
+            typer.echo(f"data-quality report {year} in the Prefect UI: {ui}/artifacts/key/dq-{year}")
     else:
         typer.echo(
             "The Prefect artifacts (dq-YEAR, summary-YEAR) went to Prefect's temporary server, which stopped with the "
-            "demo. To browse them in the UI: `prefect server start` in another terminal, then "
-            "`PREFECT_API_URL=http://127.0.0.1:4200/api consult demo` and open http://127.0.0.1:4200/artifacts"
+            "demo (CONSULT_PREFECT=ephemeral). To browse them in the UI, run the demo again without it: it starts "
+            "the local Prefect server (`consult server start`) and prints the reports' addresses."
         )
 
 
@@ -191,7 +200,7 @@ def _parse_date(value: str, option: str) -> dt.date:
 
 def _register_stage_commands() -> None:
     """Commands owned by each stage's module, merged into the top level."""
-    from consult import cli_form, cli_ingest, cli_mail, cli_publish, cli_serve
+    from consult import cli_form, cli_ingest, cli_mail, cli_publish, cli_serve, cli_server
 
     app.add_typer(cli_mail.app)
     app.add_typer(cli_ingest.app)
@@ -200,6 +209,7 @@ def _register_stage_commands() -> None:
     app.add_typer(cli_publish.app)
     app.add_typer(cli_serve.app)
     app.add_typer(cli_form.app, name="form")
+    app.add_typer(cli_server.app, name="server")
 
 
 _register_stage_commands()
@@ -207,7 +217,10 @@ _register_stage_commands()
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Without standalone mode, click returns a command's `typer.Exit(code)` instead of exiting with it.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except ConsultError as error:
         typer.echo(f"error: {error}", err=True)
         sys.exit(1)

@@ -51,3 +51,14 @@ def quiet_prefect_console() -> None:
                 isinstance(existing, _FlowConsoleFilter) for existing in handler.filters
             ):
                 handler.addFilter(_FlowConsoleFilter())
+
+
+def prefect_ready() -> None:
+    """Before a command imports its flow: make sure a Prefect server answers (the local one is started and
+    left running when none does), saying so in one line. See consult/local_prefect.py."""
+    from consult.local_prefect import ensure_prefect_api
+    from consult.settings import get_settings
+
+    note = ensure_prefect_api(get_settings())
+    if note:
+        typer.echo(note)

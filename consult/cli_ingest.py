@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from sqlalchemy import Engine
 
-from consult.cli_common import YearArg, quiet_prefect_console
+from consult.cli_common import YearArg, prefect_ready, quiet_prefect_console
 from consult.errors import ConsultError
 from consult.settings import get_settings
 from db.engine import open_database
@@ -34,10 +34,11 @@ def ingest(
     files: Annotated[list[Path], typer.Argument(help="Survey exports: CSV, XLSX or JSON lines.")],
 ) -> None:
     """Ingest response files into a round: match, validate, store; quarantine what is invalid."""
+    _engine()
+    prefect_ready()
     from flows.ingest import ingest_responses
     quiet_prefect_console()
 
-    _engine()
     summary = ingest_responses(year, [str(path) for path in files])
     for item in summary.files:
         if item.skipped_as_duplicate_file:

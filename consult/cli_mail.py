@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from sqlalchemy import Engine
 
-from consult.cli_common import YearArg, quiet_prefect_console
+from consult.cli_common import YearArg, prefect_ready, quiet_prefect_console
 from consult.errors import ConsultError
 from consult.settings import get_settings
 from db.engine import open_database
@@ -26,10 +26,11 @@ def _engine() -> Engine:
 def invite(year: YearArg) -> None:
     """Send the round's invitations: each active contact of each partnership gets exactly one, with its
     partnership's own response link; a re-run sends only what is still missing."""
+    _engine()
+    prefect_ready()
     from flows.mailing import send_invitations
     quiet_prefect_console()
 
-    _engine()
     report = send_invitations(year)
     typer.echo(f"invitations for {year}: {report}")
     _exit_on_problems(report)
@@ -42,10 +43,11 @@ def remind(
 ) -> None:
     """Send the reminder that is due by the round's schedule, or one now with --force; only contacts of
     partnerships that have not answered get it, and never twice."""
+    _engine()
+    prefect_ready()
     from flows.mailing import send_reminders
     quiet_prefect_console()
 
-    _engine()
     report = send_reminders(year, force=force)
     if report.sequence is None:
         hint = "" if "anonymous round" in report.note else " (use --force to send one now)"
@@ -58,10 +60,11 @@ def remind(
 @app.command("thank")
 def thank(year: YearArg) -> None:
     """Thank the contacts of every partnership whose answers were accepted (once each)."""
+    _engine()
+    prefect_ready()
     from flows.mailing import send_thank_yous
     quiet_prefect_console()
 
-    _engine()
     report = send_thank_yous(year)
     typer.echo(f"thank-yous for {year}: {report}")
     _exit_on_problems(report)

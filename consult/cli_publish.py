@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from consult.cli_common import YearArg, quiet_prefect_console
+from consult.cli_common import YearArg, prefect_ready, quiet_prefect_console
 from consult.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True)
@@ -28,16 +28,19 @@ def publish(
     """Compute the round's indicators and write its summary (HTML, Markdown) and indicator CSV under OUT/YEAR/;
     with --send-to, also email the summary to a stakeholder list."""
     from db.engine import get_engine, require_schema
-    from flows.publish import compute_and_publish, publish_and_send_summary
-    quiet_prefect_console()
 
     require_schema(get_engine(get_settings().resolved_database_url))
-    if send_to is None:
-        result = compute_and_publish(year, str(out) if out else None)
-    else:
+    if send_to is not None:
         from consult.publish_send import read_stakeholders
 
         read_stakeholders(send_to)  # a bad file is one clear error before anything is published or sent
+    prefect_ready()
+    from flows.publish import compute_and_publish, publish_and_send_summary
+    quiet_prefect_console()
+
+    if send_to is None:
+        result = compute_and_publish(year, str(out) if out else None)
+    else:
         result, mail_report = publish_and_send_summary(year, str(send_to), str(out) if out else None)
     for label, path in result.paths_by_label().items():
         typer.echo(f"{label + ':':<22} {path}")

@@ -22,9 +22,13 @@ def serve(
 ) -> None:
     """Serve every deployment of deployments/prefect.yaml from this process, on their schedules, until Ctrl-C.
 
-    Runs go to the Prefect server of PREFECT_API_URL (start one with `prefect server start`); for several
-    machines, use a work pool and `prefect worker start` instead (deployments/README.md).
+    Runs go to the Prefect server of PREFECT_API_URL, else to the local one (`consult server start`, started
+    here when it does not run); for several machines, use a work pool and `prefect worker start` instead
+    (deployments/README.md).
     """
+    from consult.cli_common import prefect_ready
+
+    prefect_ready()
     from consult.serve import PREFECT_YAML, serve_all
 
     serve_all(limit=limit, path=prefect_file or PREFECT_YAML)

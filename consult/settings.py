@@ -76,6 +76,13 @@ class Settings(BaseSettings):
         default=20, ge=1, description="Unexpected values shown per expectation in the Data Docs."
     )
 
+    # Where flows report (consult/local_prefect.py): the local server left running in data_dir/prefect, started
+    # on first use; `ephemeral` is Prefect's temporary server per command (one-off scripts, CI).
+    prefect: Literal["local", "ephemeral"] = Field(default="local", description="local or ephemeral Prefect server.")
+    prefect_port: int = Field(default=4200, ge=1, le=65535, description="The local server's first-choice port.")
+    prefect_start_timeout: float = Field(default=90, gt=0, description="Seconds the local server may take to start.")
+    prefect_health_timeout: float = Field(default=5, gt=0, description="Seconds PREFECT_API_URL may take to answer.")
+
     @field_validator("data_dir", "output_dir", "mailbox_dir")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:

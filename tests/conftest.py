@@ -1,5 +1,11 @@
-"""Shared fixtures: a fresh migrated database per test on SQLite and on PostgreSQL, settings pointing at
-temporary folders, the reference panel and round, and one Prefect test harness for the whole session."""
+"""Shared fixtures: a fresh migrated database per test on SQLite and on PostgreSQL (copied from a template
+migrated once per test process), settings pointing at temporary folders, the reference panel and round, and one
+real Prefect server for the whole session.
+
+The suite runs in parallel (pytest-xdist, `-n` in pyproject.toml's addopts; `-n 0` runs it in one process).
+The Prefect server is started once by the controlling process (pytest_configure) and reaches the workers and
+every `consult` subprocess as PREFECT_API_URL; a flow-free process never starts one.
+"""
 
 from __future__ import annotations
 
@@ -50,34 +56,112 @@ def postgres_skip_reason() -> str | None:
     return _PG_REASON  # type: ignore[return-value]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def prefect_harness() -> Iterator[None]:
-    """One temporary Prefect server for the whole session (it takes ~9 s to start)."""
-    from prefect.testing.utilities import prefect_test_harness
+def pytest_configure(config: pytest.Config) -> None:
+    """In the controlling process only (not in an xdist worker): start the session's Prefect server and hand
+    its URL to everything started after it (workers, `consult` subprocesses) through the environment."""
+    if hasattr(config, "workerinput") or os.environ.get("CONSULT_TEST_PREFECT_SERVER"):
+        return  # a worker: the controller's server is in PREFECT_API_URL already
+    import shutil
+    import tempfile
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    from tests.prefect_server import PrefectServer
+
+    home = Path(tempfile.mkdtemp(prefix="consult-test-prefect-"))
+    server = PrefectServer(home=home).start(timeout=180)
+    config.add_cleanup(lambda: shutil.rmtree(home, ignore_errors=True))
+    config.add_cleanup(server.stop)
+    os.environ["PREFECT_API_URL"] = server.api_url
+    os.environ["CONSULT_TEST_PREFECT_SERVER"] = server.api_url
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A test that runs `consult` without PREFECT_API_URL starts a local Prefect server in its data folder and
+    should stop it; any left behind (a failed test) is stopped here, in the controlling process once every
+    worker has finished (the workers' temporary folders are under the controller's)."""
+    import sys
+
+    # The deployed server of tests/prefect_server.py (one per process that used it): an xdist worker exits
+    # without running atexit handlers, so it is stopped here.
+    harness = sys.modules.get("prefect_server")
+    if harness is not None and "server" in harness._shared:
+        harness._shared["server"].stop()
+    if hasattr(session.config, "workerinput"):
+        return
+    from consult.local_prefect import stop
+    from consult.settings import Settings
+
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None or factory._basetemp is None:
+        return
+    for pid_file in factory.getbasetemp().glob("**/prefect/server.pid"):
+        stop(Settings(data_dir=pid_file.parent.parent))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server_url() -> str:
+    """The session's Prefect server (started in pytest_configure): flows run in tests report to it."""
+    return os.environ["PREFECT_API_URL"]
+
+
+def _sqlite_template(directory: Path) -> Path:
+    template = directory / "template.db"
+    upgrade(f"sqlite:///{template}")
+    get_engine(f"sqlite:///{template}").dispose()
+    return template
+
+
+def _postgres_template() -> str:
+    """A PostgreSQL database migrated once, copied by CREATE DATABASE ... TEMPLATE for each test."""
+    name = f"consult_template_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    upgrade(url)
+    get_engine(url).dispose()  # a template must have no open connection while it is copied
+    return name
+
+
+@pytest.fixture(scope="session")
+def database_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    """Templates migrated on first use in this test process: {'sqlite': Path, 'postgresql': database name}."""
+    templates: dict[str, object] = {}
+    yield templates
+    if "postgresql" in templates:
+        admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{templates["postgresql"]}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A freshly migrated database: a SQLite file, or a new PostgreSQL database dropped afterwards."""
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, database_templates: dict[str, object],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A freshly migrated database: a SQLite file, or a new PostgreSQL database dropped afterwards; both copied
+    from a template migrated once per test process (migrating takes ~1 s, copying a few ms)."""
     if request.param == "sqlite":
+        import shutil
+
+        if "sqlite" not in database_templates:
+            database_templates["sqlite"] = _sqlite_template(tmp_path_factory.mktemp("template"))
+        shutil.copyfile(database_templates["sqlite"], tmp_path / "consult.db")  # type: ignore[arg-type]
         url = f"sqlite:///{tmp_path / 'consult.db'}"
-        upgrade(url)
         yield url
         get_engine(url).dispose()
         return
     reason = postgres_skip_reason()
     if reason:
         pytest.skip(reason)
+    if "postgresql" not in database_templates:
+        database_templates["postgresql"] = _postgres_template()
     name = f"consult_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
+        connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{database_templates["postgresql"]}"'))
     url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     try:
-        upgrade(url)
         yield url
     finally:
         get_engine(url).dispose()

@@ -6,6 +6,7 @@ They print figures; goals are judged on full-size runs of the scripts, never by 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -17,6 +18,7 @@ from tests.conftest import POSTGRES_ADMIN_URL, REPO_ROOT
 pytestmark = pytest.mark.slow
 
 SMALL_RUNS = {
+    "bench_commands.py": ["--quick", "--repeat", "1"],
     "bench_indicators.py": ["--rows", "5000", "--repeat", "1"],
     "bench_send.py": ["--contacts", "2000"],
     "bench_form.py": ["--partnerships", "5", "--postgres-admin-url", POSTGRES_ADMIN_URL],
@@ -34,6 +36,10 @@ def test_the_benchmark_script_runs_and_prints_its_baseline(script, tmp_path):
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "baseline" in result.stdout.lower() or "floor" in result.stdout.lower() or "bare" in result.stdout.lower()
+    if script == "bench_commands.py":  # each flow command next to its plain functions and its bare flow
+        for command in ("ingest", "publish"):
+            row = rf"^{command} +[\d.]+ +[\d.]+ +[\d.]+ \(\d+t\) +[\d.]+x +[\d.]+x"
+            assert re.search(row, result.stdout, re.MULTILINE)
     if script == "bench_ingest.py":  # each repeat on a fresh database, and the bench's databases dropped after
         assert "2 repeat(s); medians" in result.stdout
         assert "== PostgreSQL" in result.stdout

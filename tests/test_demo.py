@@ -7,13 +7,16 @@ the engine's ingest and indicator code.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import create_engine, func, select
 
@@ -44,6 +47,15 @@ def market_counts(year: int) -> Counter[str]:
     return Counter(code for row in accepted_rows(year) for code in row["markets"].split(";") if code)
 
 
+DEMO_PORTS: dict[Path, int] = {}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def run_demo(workdir: Path) -> subprocess.CompletedProcess[str]:
     env = {
         key: value for key, value in os.environ.items()
@@ -54,22 +66,51 @@ def run_demo(workdir: Path) -> subprocess.CompletedProcess[str]:
         "CONSULT_OUTPUT_DIR": str(workdir / "output"),
         "PREFECT_HOME": str(workdir / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # The local server's port: one of its own (4200 may be taken on a shared machine; said in a note then).
+        "CONSULT_PREFECT_PORT": str(DEMO_PORTS.setdefault(workdir, free_port())),
     }
     consult = Path(sys.executable).parent / "consult"
     return subprocess.run([str(consult), "demo"], cwd=workdir, env=env, capture_output=True, text=True,
                           timeout=900, check=False)
 
 
+def prefect_ui_check(workdir: Path, stdout: str) -> dict[str, object]:
+    """What an analyst finds at the addresses the demo printed, asked of the local server it left running:
+    the artifact keys the API lists and whether each printed UI page is served."""
+    state = json.loads((workdir / "data" / "prefect" / "server.json").read_text())
+    listed = httpx.post(f"{state['url']}/api/artifacts/filter", json={"limit": 100}, timeout=10).json()
+    pages = re.findall(r"data-quality report (\d{4}) in the Prefect UI: (\S+)", stdout)
+    served = {
+        year: httpx.get(address, headers={"Accept": "text/html"}, timeout=10).status_code for year, address in pages
+    }
+    return {"url": state["url"], "keys": {item["key"] for item in listed}, "pages": pages, "served": served}
+
+
 @pytest.fixture(scope="module")
 def demo_twice(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str], dict]:
-    """The demo run twice in a fresh folder, with the database counts after each run."""
+    """The demo run twice in a fresh folder, with the database counts after each run (and, under "ui", what
+    the local Prefect server the first run started shows; it is stopped afterwards)."""
     workdir = tmp_path_factory.mktemp("demo")
-    counts = []
+    counts: list[dict] = []
+    try:
+        ui = _run_twice(workdir, counts)
+    finally:
+        consult = Path(sys.executable).parent / "consult"
+        subprocess.run([str(consult), "server", "stop"], cwd=workdir, timeout=120, check=False, capture_output=True,
+                       env={**os.environ, "CONSULT_DATA_DIR": str(workdir / "data")})
+    first, ui_seen = ui
+    return workdir, first, {"first": counts[0], "second": counts[1], "ui": ui_seen}
+
+
+def _run_twice(workdir: Path, counts: list[dict]) -> tuple[subprocess.CompletedProcess[str], dict]:
     first = None
+    ui_seen: dict = {}
     for _ in range(2):
         result = run_demo(workdir)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        first = first or result
+        if first is None:
+            first = result
+            ui_seen = prefect_ui_check(workdir, result.stdout)
         engine = create_engine(f"sqlite:///{workdir / 'data' / 'consult.db'}")
         with engine.connect() as connection:
             counts.append({
@@ -77,7 +118,7 @@ def demo_twice(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproce
                 for model in (Partnership, Round, Response, OutboxMessage, IngestedFile, QuarantinedRow)
             })
         engine.dispose()
-    return workdir, first, {"first": counts[0], "second": counts[1]}
+    return first, ui_seen
 
 
 def summary(workdir: Path, year: int, suffix: str = "md") -> str:
@@ -91,6 +132,21 @@ def test_the_demo_prints_where_the_summary_and_the_quality_report_are(demo_twice
         assert f"dq-{year}" in result.stdout or "data-quality" in result.stdout
         assert (workdir / "output" / str(year) / f"summary-{year}.html").is_file()
         assert (workdir / "output" / str(year) / f"indicators-{year}.csv").is_file()
+
+
+def test_the_demo_ends_with_the_data_quality_reports_in_the_prefect_ui_it_left_running(demo_twice):
+    """The demo starts the local Prefect server, says so once, and ends with the address of each year's
+    data-quality report in its UI; the server it left running serves those pages and holds those reports."""
+    _, result, counts = demo_twice
+    ui = counts["ui"]
+    lines = result.stdout.strip().splitlines()
+    assert [line for line in lines if "started the local Prefect server" in line] == [
+        f"started the local Prefect server: UI at {ui['url']} (stop it with `consult server stop`)"
+    ]
+    assert lines[-1] == f"data-quality report 2020 in the Prefect UI: {ui['url']}/artifacts/key/dq-2020"
+    assert ui["pages"] == [(str(year), f"{ui['url']}/artifacts/key/dq-{year}") for year in (2019, 2020)]
+    assert ui["served"] == {"2019": 200, "2020": 200}
+    assert {"dq-2019", "dq-2020", "summary-2019", "summary-2020"} <= ui["keys"]
 
 
 def test_running_the_demo_twice_duplicates_nothing(demo_twice):

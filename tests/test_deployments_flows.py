@@ -1,4 +1,4 @@
-"""The scheduled jobs run end to end (on the session's Prefect test harness) against a real database: what an
+"""The scheduled jobs run end to end (on the session's Prefect server) against a real database: what an
 operator notices after each scheduled run, and that a second run of the same job changes nothing."""
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ from db.engine import session_scope
 from db.models import IngestedFile, Publication, Response, Round
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "escp4i"
+
+# The jobs hold the round's lock (a global concurrency limit on the session's shared Prefect server): on one
+# xdist worker, so that parallel tests of the same year do not queue behind each other's runs.
+pytestmark = pytest.mark.xdist_group("round-lock")
 
 
 def contacts_in_panel() -> int:

@@ -19,7 +19,8 @@ from sqlalchemy import func, select
 from db.engine import get_engine, session_scope
 from db.models import IngestedFile, Publication, Response, Round
 
-pytestmark = [pytest.mark.prefect_server, pytest.mark.slow]
+# One xdist worker for every test of the deployed server: it and its reference round run are made once.
+pytestmark = [pytest.mark.prefect_server, pytest.mark.slow, pytest.mark.xdist_group("deployed-server")]
 
 EXAMPLES = harness.EXAMPLES
 reference_figures = harness.reference_figures

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -23,9 +29,11 @@ HEADER = ("partnership_id,submitted_at,markets,sme_involvement,cooperation_agree
           "sme_members,success_story")
 
 
-def latest_artifact(key: str):
+def latest_artifact(key: str, flow_run_id):  # type: ignore[no-untyped-def]
+    """The artifact ``key`` as the given flow run left it (the session's server is shared by parallel tests)."""
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
     assert found, f"no artifact {key}"
     return max(found, key=lambda artifact: artifact.created)
 
@@ -39,18 +47,20 @@ def task_run_names(flow_run_id) -> list[str]:
 def test_flow_posts_a_readable_data_quality_report(engine, settings, round_2019, tmp_path):
     """After the reference file: a Markdown report with the counts and the failed checks, a table of the
     quarantined row, and a link to Data Docs that exist on disk."""
-    summary = ingest_responses(2019, [str(EXAMPLES / "responses-2019.csv")])
+    state = ingest_responses(2019, [str(EXAMPLES / "responses-2019.csv")], return_state=True)
+    summary = state.result()
     assert (summary.files[0].accepted, summary.files[0].quarantined) == (19, 1)
+    run_id = state.state_details.flow_run_id
 
-    markdown = latest_artifact("dq-2019").data
+    markdown = latest_artifact("dq-2019", run_id).data
     assert "22 rows: **19 accepted**, 1 superseded, 1 partial (not counted), **1 quarantined**" in markdown
     assert "| partnership matched | partnership | error | FAILED | 1 of 22 | `unknown partnership ESCP4I-99` |" in markdown
     assert "| range (expect_column_values_to_be_between) | cooperation_agreements | error | passed | 0 of 21 |" in markdown
 
-    table = latest_artifact("dq-2019-quarantine").data
+    table = latest_artifact("dq-2019-quarantine", run_id).data
     assert "ESCP4I-99" in str(table) and "unknown partnership ESCP4I-99" in str(table)
 
-    link = latest_artifact("dq-2019-data-docs").data  # Markdown: [Data Docs 2019](file:///.../index.html)
+    link = latest_artifact("dq-2019-data-docs", run_id).data  # Markdown: [Data Docs 2019](file:///.../index.html)
     target = link.split("](", 1)[1].rstrip(")")
     assert target.startswith("file://") and target.endswith("index.html")
     docs = Path(target.removeprefix("file://"))
@@ -89,10 +99,10 @@ def test_values_from_the_file_are_escaped_in_the_report(engine, settings, round_
     """A partnership id carrying HTML shows up escaped in the Markdown report and the quarantine table."""
     path = tmp_path / "evil.csv"
     path.write_text(f'{HEADER}\n"<img src=x onerror=alert(1)>",2019-04-01T10:00:00,US,other,1,yes,5,\n')
-    ingest_responses(2019, [str(path)])
-    markdown = latest_artifact("dq-2019").data
+    run_id = ingest_responses(2019, [str(path)], return_state=True).state_details.flow_run_id
+    markdown = latest_artifact("dq-2019", run_id).data
     assert "<img" not in markdown and "&lt;img src=x onerror=alert(1)&gt;" in markdown
-    table = str(latest_artifact("dq-2019-quarantine").data)
+    table = str(latest_artifact("dq-2019-quarantine", run_id).data)
     assert "<img" not in table and "&lt;img" in table
 
 

@@ -74,13 +74,15 @@ def test_the_prefect_ui_shows_progress_and_delivery_per_partnership(engine, sett
     import asyncio
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
-    send_invitations(2019)
+    run_id = send_invitations(2019, return_state=True).state_details.flow_run_id
 
     async def latest(key: str):  # type: ignore[no-untyped-def]
+        # This run's artifact: the session's Prefect server is shared by tests running in parallel.
         async with get_client() as client:
-            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
         return max(found, key=lambda artifact: artifact.created)
 
     table = asyncio.run(latest("mail-delivery-2019-invitation"))

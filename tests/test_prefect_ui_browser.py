@@ -12,7 +12,10 @@ from pathlib import Path
 import prefect_server as harness
 import pytest
 
-pytestmark = [pytest.mark.browser, pytest.mark.prefect_server, pytest.mark.slow]
+# One xdist worker for every test of the deployed server: it and its reference round run are made once.
+pytestmark = [
+    pytest.mark.browser, pytest.mark.prefect_server, pytest.mark.slow, pytest.mark.xdist_group("deployed-server")
+]
 
 CHROMIUM = harness.chromium_binary()
 CHROMIUM_FLAGS = [

@@ -1,0 +1,67 @@
+"""Commands that only read or write the database do not import Prefect (about a second of start-up each time)
+nor start a Prefect server: what operations staff run a dozen times a round answers in about a second."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import EXAMPLES
+
+# Runs each command of argv[1] (a JSON list of argument lists) in one fresh interpreter, as `consult` would,
+# and prints which Prefect modules were imported after each.
+PROBE = """
+import json, sys
+from consult.cli import app
+seen = []
+for args in json.loads(sys.argv[1]):
+    try:
+        code = app(args, standalone_mode=False)
+    except SystemExit as stop:
+        code = stop.code
+    seen.append({"args": args, "code": code or 0,
+                 "prefect": sorted(name for name in sys.modules if name == "prefect" or name.startswith("prefect."))})
+print(json.dumps(seen))
+"""
+
+DATABASE_ONLY = [
+    ["db", "upgrade"],
+    ["panel", "import", str(EXAMPLES / "panel.csv")],
+    ["round", "open", "2019", "--questionnaire", str(EXAMPLES / "questionnaire-2019.yaml"), "--closes-on",
+     "2019-06-30"],
+    ["round", "participants", "2019", "--format", "limesurvey"],
+    ["outbox", "2019"],
+    ["reconcile", "2019"],
+    ["quarantine", "list", "2019"],
+    ["files", "list", "2019"],
+    ["indicators", "2019"],
+    ["round", "close", "2019"],
+    ["server", "status"],
+]
+
+
+def test_database_only_commands_do_not_import_prefect(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("CONSULT_", "PREFECT_API"))}
+    env |= {"CONSULT_DATA_DIR": str(tmp_path / "data"), "CONSULT_OUTPUT_DIR": str(tmp_path / "output")}
+    result = subprocess.run([sys.executable, "-c", PROBE, json.dumps(DATABASE_ONLY)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [entry["args"] for entry in seen] == DATABASE_ONLY
+    # Each command did its work (status says "not running" with 3), and none imported Prefect.
+    assert [entry["code"] for entry in seen] == [0] * (len(DATABASE_ONLY) - 1) + [3]
+    assert [(entry["args"][:2], entry["prefect"]) for entry in seen] == [(args[:2], []) for args in DATABASE_ONLY]
+    assert not (tmp_path / "data" / "prefect" / "server.pid").exists()  # and none started a server
+
+
+def test_the_cli_module_itself_does_not_import_prefect() -> None:
+    """`consult --help` and argument errors stay fast: importing the command line imports no flow."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c", "import consult.cli"],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line]
+    assert "consult.cli_server" in imported  # the probe sees the command modules being imported
+    assert not [name for name in imported if name.split(".")[0] in ("prefect", "flows", "tasks")]

@@ -1,0 +1,214 @@
+"""The local Prefect server (`consult server start|status|stop`): one per data folder, started by the first flow
+command that needs it and left running; every odd situation is one line and a working outcome, never a hang.
+
+Each test starts real `prefect server start` processes in its own data folder and stops them at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import EXAMPLES
+
+CONSULT = str(Path(sys.executable).parent / "consult")
+
+pytestmark = [pytest.mark.prefect_server]
+
+
+def consult(*args: str, cwd: Path, env: dict[str, str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`consult ARGS` as a user runs it: no PREFECT_API_URL, no CONSULT_PREFECT, the data folder under cwd."""
+    base = {key: value for key, value in os.environ.items() if not key.startswith(("CONSULT_", "PREFECT_API"))}
+    base |= {"CONSULT_DATA_DIR": str(cwd / "data"), "CONSULT_OUTPUT_DIR": str(cwd / "output"),
+             # Tests run in parallel: each folder's server prefers its own port rather than all racing for 4200.
+             "CONSULT_PREFECT_PORT": str(PORTS.setdefault(cwd, free_port()))}
+    return subprocess.run([CONSULT, *args], cwd=cwd, env=base | (env or {}), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+PORTS: dict[Path, int] = {}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def recorded(cwd: Path) -> dict:
+    return json.loads((cwd / "data" / "prefect" / "server.json").read_text())
+
+
+@pytest.fixture
+def workdir(tmp_path: Path):
+    """A data folder whose local server, if any test step started one, is stopped afterwards."""
+    yield tmp_path
+    pid_file = tmp_path / "data" / "prefect" / "server.pid"
+    if pid_file.exists():
+        consult("server", "stop", cwd=tmp_path, timeout=60)
+        try:  # belt and braces: never leave a server behind on a shared machine
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
+def artifact_keys(api_url: str) -> set[str]:
+    found = httpx.post(f"{api_url}/artifacts/filter", json={"limit": 50}, timeout=10)
+    found.raise_for_status()
+    return {item["key"] for item in found.json() if item.get("key")}
+
+
+@pytest.mark.slow
+def test_a_flow_command_starts_the_local_server_once_and_leaves_it_running_with_its_report(workdir):
+    """The first ingest starts the server and says where its UI is; the report is on it; a second command
+    reuses it silently; `status` and `stop` tell the truth."""
+    assert consult("db", "upgrade", cwd=workdir).returncode == 0
+    assert consult("panel", "import", str(EXAMPLES / "panel.csv"), cwd=workdir).returncode == 0
+    opened = consult("round", "open", "2019", "--questionnaire", str(EXAMPLES / "questionnaire-2019.yaml"),
+                     "--closes-on", "2019-06-30", cwd=workdir)
+    assert opened.returncode == 0, opened.stderr
+    not_yet = consult("server", "status", cwd=workdir)
+    assert not_yet.returncode == 3
+    assert "not running" in not_yet.stdout
+
+    first = consult("ingest", "2019", str(EXAMPLES / "responses-2019.csv"), cwd=workdir)
+    assert first.returncode == 0, first.stdout + first.stderr
+    started = [line for line in first.stdout.splitlines() if "started the local Prefect server" in line]
+    state = recorded(workdir)
+    assert started == [f"started the local Prefect server: UI at {state['url']} (stop it with `consult server stop`)"]
+    assert (workdir / "data" / "prefect" / "prefect.db").is_file()  # its database lives in the data folder
+    assert "dq-2019" in artifact_keys(f"{state['url']}/api")
+
+    running = consult("server", "status", cwd=workdir)
+    assert running.returncode == 0
+    assert f"running (pid {state['pid']}): UI at {state['url']}" in running.stdout
+    again = consult("server", "start", cwd=workdir)
+    assert f"already running (pid {state['pid']})" in again.stdout
+    second = consult("publish", "2019", cwd=workdir)
+    assert second.returncode == 0, second.stderr
+    assert "started the local Prefect server" not in second.stdout
+    assert "summary-2019" in artifact_keys(f"{state['url']}/api")
+
+    stopped = consult("server", "stop", cwd=workdir)
+    assert stopped.stdout.strip() == f"stopped the local Prefect server (pid {state['pid']}) at {state['url']}"
+    assert consult("server", "status", cwd=workdir).returncode == 3
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{state['url']}/api/health", timeout=3)
+
+
+@pytest.mark.slow
+def test_a_server_that_died_is_reported_and_replaced_and_a_taken_port_is_avoided(workdir):
+    """kill -9 leaves a stale pid file: status says so, start replaces the server, on a free port when the
+    recorded one has been taken meanwhile by another program."""
+    first = consult("server", "start", cwd=workdir)
+    assert first.returncode == 0, first.stderr
+    state = recorded(workdir)
+    os.killpg(state["pid"], signal.SIGKILL)
+    time.sleep(0.5)
+    died = consult("server", "status", cwd=workdir)
+    assert died.returncode == 3
+    assert f"pid {state['pid']} has died" in died.stdout
+
+    with socket.socket() as squatter:  # another program takes the port meanwhile
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", state["port"]))
+        squatter.listen()
+        replaced = consult("server", "start", cwd=workdir)
+        assert replaced.returncode == 0, replaced.stderr
+        new = recorded(workdir)
+        assert replaced.stdout.splitlines()[:2] == [
+            f"the local Prefect server (pid {state['pid']}) had died; removed its stale pid file",
+            f"port {state['port']} is taken by another program; using port {new['port']}",
+        ]
+        assert new["port"] != state["port"] and new["pid"] != state["pid"]
+        assert httpx.get(f"{new['url']}/api/health", timeout=5).status_code == 200
+
+        refused = consult("server", "start", "--port", str(state["port"]), cwd=workdir)
+        assert refused.returncode == 1
+        assert refused.stderr.strip() == (
+            f"error: the local Prefect server already runs at {new['url']} (pid {new['pid']}): "
+            f"`consult server stop` first to move it to port {state['port']}"
+        )
+
+
+def test_asking_for_a_taken_port_is_one_line(workdir):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        refused = consult("server", "start", "--port", str(port), cwd=workdir, timeout=30)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        f"error: port {port} is already taken by another program: choose another with "
+        "`consult server start --port N`, or leave --port out to take a free one"
+    )
+    assert not (workdir / "data" / "prefect" / "server.pid").exists()
+
+
+def test_a_server_too_slow_to_start_is_stopped_and_reported_within_the_bound(workdir):
+    """With a start-up bound far below what Prefect needs, start gives up in time, kills what it started and
+    leaves no pid file behind."""
+    began = time.monotonic()
+    result = consult("server", "start", cwd=workdir, env={"CONSULT_PREFECT_START_TIMEOUT": "0.5"}, timeout=60)
+    assert time.monotonic() - began < 40
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "did not answer within 0 s" in lines[0] or "exited during start-up" in lines[0]
+    assert str(workdir / "data" / "prefect" / "server.log") in lines[0]
+    assert not (workdir / "data" / "prefect" / "server.pid").exists()
+    assert consult("server", "status", cwd=workdir).returncode == 3
+
+
+def test_an_unreachable_prefect_api_url_fails_in_one_line_saying_what_to_do(workdir):
+    assert consult("db", "upgrade", cwd=workdir).returncode == 0
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    began = time.monotonic()
+    result = consult("ingest", "2019", str(EXAMPLES / "responses-2019.csv"), cwd=workdir,
+                     env={"PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}, timeout=60)
+    assert time.monotonic() - began < 30
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: the Prefect server at PREFECT_API_URL=http://127.0.0.1:{port}/api does not answer: start it, or "
+        "unset PREFECT_API_URL to use the local server (`consult server start`), or set CONSULT_PREFECT=ephemeral"
+    )
+    assert not (workdir / "data" / "prefect" / "server.pid").exists()  # no local server started behind its back
+
+
+@pytest.mark.slow
+def test_two_commands_starting_the_server_at_once_get_the_same_one(workdir):
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("CONSULT_", "PREFECT_API"))}
+    env |= {"CONSULT_DATA_DIR": str(workdir / "data"), "CONSULT_PREFECT_PORT": str(free_port())}
+    both = [subprocess.Popen([CONSULT, "server", "start"], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [process.communicate(timeout=300) for process in both]
+    assert [process.returncode for process in both] == [0, 0], outputs
+    state = recorded(workdir)
+    said = sorted(stdout.strip() for stdout, _ in outputs)
+    assert said == [
+        f"local Prefect server already running (pid {state['pid']}): UI at {state['url']}, API at {state['url']}/api",
+        f"local Prefect server started (pid {state['pid']}): UI at {state['url']}, API at {state['url']}/api",
+    ]
+
+
+def test_ephemeral_mode_leaves_the_server_to_prefect(tmp_path):
+    """CONSULT_PREFECT=ephemeral: nothing is started, checked or exported; Prefect's temporary server runs."""
+    from consult.local_prefect import ensure_prefect_api
+    from consult.settings import Settings
+
+    environ: dict[str, str] = {"PREFECT_API_URL": "http://127.0.0.1:9/api"}  # even one that would not answer
+    assert ensure_prefect_api(Settings(data_dir=tmp_path / "data", prefect="ephemeral"), environ) is None
+    assert environ == {"PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    assert not (tmp_path / "data").exists()
