@@ -12,15 +12,13 @@ import pycountry
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from consult.contacts import clean_email, clean_name
 from consult.errors import ConsultError
 from db.models import Contact, Partnership
 
 REQUIRED_COLUMNS = ("partnership_id", "name", "strand", "country", "contact_email")
 OPTIONAL_COLUMNS = ("acronym", "contact_first_name", "contact_last_name", "language")
 
-# Deliberately strict: one @, a dotted domain, no spaces, quotes, angle brackets or line breaks, so that an
-# address can be put in a mail header as it is.
-_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -30,6 +28,7 @@ class PanelImportReport:
     partnerships_updated: int
     contacts_added: int
     partnerships_total: int
+    contacts_updated: int = 0
 
 
 @dataclass(frozen=True)
@@ -43,10 +42,6 @@ class _Row:
     first_name: str
     last_name: str
     email: str
-
-
-def is_valid_email(address: str) -> bool:
-    return len(address) <= 320 and _EMAIL.fullmatch(address) is not None
 
 
 def read_panel_file(path: Path) -> list[_Row]:
@@ -82,11 +77,11 @@ def _parse_row(path: Path, line: int, record: dict[str, str | None]) -> _Row:
         return value
 
     where = f"{path}, row {line}"
-    code, name, email = cell("partnership_id"), cell("name"), cell("contact_email")
+    code, name = cell("partnership_id"), clean_name(record.get("name") or "", where=where, column="name")
+    # Names and addresses: encoded words decoded, control/format characters and formula leads refused.
+    email = clean_email(record.get("contact_email") or "", where=where)
     if not code or not name:
         raise ConsultError(f"{where}: partnership_id and name are required")
-    if not is_valid_email(email):
-        raise ConsultError(f"{where}: invalid email address {email!r}")
     strand = cell("strand")
     if strand not in ("1", "2"):
         raise ConsultError(f"{where}: strand must be 1 or 2, got {strand!r}")
@@ -100,8 +95,8 @@ def _parse_row(path: Path, line: int, record: dict[str, str | None]) -> _Row:
         strand=int(strand),
         country=country,
         language=cell("language") or "en",
-        first_name=cell("contact_first_name"),
-        last_name=cell("contact_last_name"),
+        first_name=clean_name(record.get("contact_first_name") or "", where=where, column="contact_first_name"),
+        last_name=clean_name(record.get("contact_last_name") or "", where=where, column="contact_last_name"),
         email=email,
     )
 
@@ -110,8 +105,8 @@ def import_panel(session: Session, path: Path) -> PanelImportReport:
     """Insert or update partnerships and contacts; importing the same file twice changes nothing."""
     rows = read_panel_file(path)
     existing = {p.code: p for p in session.scalars(select(Partnership))}
-    contacts = {(c.partnership_id, c.email.lower()) for c in session.scalars(select(Contact))}
-    added = updated = contacts_added = 0
+    contacts = {(c.partnership_id, c.email.lower()): c for c in session.scalars(select(Contact))}
+    added = updated = contacts_added = contacts_updated = 0
     touched: set[str] = set()
     for row in rows:
         partnership = existing.get(row.code)
@@ -130,10 +125,16 @@ def import_panel(session: Session, path: Path) -> PanelImportReport:
                     setattr(partnership, field, value)
                 updated += 1
         touched.add(row.code)
-        if (partnership.id, row.email.lower()) not in contacts:
-            session.add(Contact(partnership_id=partnership.id, first_name=row.first_name,
-                                last_name=row.last_name, email=row.email))
-            contacts.add((partnership.id, row.email.lower()))
+        contact = contacts.get((partnership.id, row.email.lower()))
+        if contact is None:
+            contact = Contact(partnership_id=partnership.id, first_name=row.first_name,
+                              last_name=row.last_name, email=row.email)
+            session.add(contact)
+            contacts[(partnership.id, row.email.lower())] = contact
             contacts_added += 1
+        elif (contact.first_name, contact.last_name, contact.email) != (row.first_name, row.last_name, row.email):
+            # A corrected name (or the address's case) replaces the stored one.
+            contact.first_name, contact.last_name, contact.email = row.first_name, row.last_name, row.email
+            contacts_updated += 1
     session.flush()
-    return PanelImportReport(added, updated, contacts_added, len(existing))
+    return PanelImportReport(added, updated, contacts_added, len(existing), contacts_updated)

@@ -5,8 +5,11 @@ Plain functions, called by the Prefect tasks in ``tasks/mail.py`` (and directly 
 
 from __future__ import annotations
 
+import dataclasses
+
 from sqlalchemy import Engine
 
+from consult.contacts import message_problem
 from consult.errors import ConsultError
 from consult.mail.mailer import Mailer
 from consult.mail.message import BatchResult, TransientMailError
@@ -27,16 +30,29 @@ def send_batch(engine: Engine, settings: Settings, mailer: Mailer, batch_key: st
 
 
 def send_claimed(engine: Engine, mailer: Mailer, claimed: ClaimedBatch) -> BatchOutcome:
-    """Hand a claimed batch to the mailer and record the answer (whatever kind of message it holds)."""
+    """Hand a claimed batch to the mailer and record the answer (whatever kind of message it holds).
+
+    A recipient whose message cannot be built safely (a name or address stored before the import checks, holding
+    an encoded CR/LF, say) is ``failed`` with the reason and left out; the rest of the batch goes on."""
+    unbuildable = {
+        recipient.outbox_id: problem for recipient in claimed.batch.recipients
+        if (problem := message_problem(recipient.name, recipient.email)) is not None
+    }
+    batch = claimed.batch
+    if unbuildable:
+        batch = dataclasses.replace(batch, recipients=[
+            recipient for recipient in batch.recipients if recipient.outbox_id not in unbuildable])
     try:
-        result = mailer.send(claimed.batch)
+        result = mailer.send(batch) if batch.recipients else BatchResult()
     except TransientMailError as error:
         # A 429's reset time is honoured by the mailer itself before its next request (the retry's).
+        error.partial.rejected.update(unbuildable)
         record(engine, claimed, error.partial, ambiguous=error.ambiguous, reason=str(error))
         raise
     except ConsultError as error:
         # The provider refused the request as a whole (key, sender, shape): nothing was accepted, so the rows go
         # back to pending for the run after the fix.
-        record(engine, claimed, BatchResult(), reason=str(error))
+        record(engine, claimed, BatchResult(rejected=dict(unbuildable)), reason=str(error))
         raise
+    result.rejected.update(unbuildable)
     return record(engine, claimed, result)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import smtplib
 import ssl
+from email.errors import MessageError
 
 from pydantic import SecretStr
 
@@ -56,7 +57,11 @@ class SmtpMailer:
         connection = self._connect()
         try:
             for recipient in batch.recipients:
-                message = build_email(batch, recipient, message_id_domain=batch.sender.email.rpartition("@")[2])
+                try:
+                    message = build_email(batch, recipient, message_id_domain=batch.sender.email.rpartition("@")[2])
+                except (ValueError, TypeError, MessageError) as error:  # one unbuildable message fails alone
+                    result.rejected[recipient.outbox_id] = f"message cannot be built: {error}"
+                    continue
                 try:
                     refused = connection.send_message(message)
                 except smtplib.SMTPRecipientsRefused as error:
