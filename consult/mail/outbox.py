@@ -36,9 +36,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from consult.errors import ConsultError
-from consult.mail.message import Address, BatchResult, OutgoingBatch, Recipient
+from consult.mail.message import Address, BatchResult, Content, OutgoingBatch, Recipient
 from consult.mail.render import BatchContext, RecipientValues, recipient_substitutions, render_content
-from consult.tokens import derive_token, response_link
+from consult.tokens import check_round_fingerprint, derive_token, response_link
 from db.models import (
     Contact,
     DeliveryEvent,
@@ -291,7 +291,8 @@ def claim(engine: Engine, batch_key: str, *, mail_from: str, url_template: str,
         rows = connection.execute(
             select(outbox.c.id, outbox.c.kind, outbox.c.recipient, contacts.c.first_name, contacts.c.last_name,
                    partnerships.c.code, partnerships.c.name, partnerships.c.acronym, partnerships.c.language,
-                   rounds.c.year, rounds.c.closes_on, rounds.c.questionnaire_version_id)
+                   rounds.c.year, rounds.c.closes_on, rounds.c.questionnaire_version_id, rounds.c.token_scheme,
+                   rounds.c.token_fingerprint)
             .join(contacts, contacts.c.id == outbox.c.contact_id)
             .join(partnerships, partnerships.c.id == outbox.c.partnership_id)
             .join(rounds, rounds.c.id == outbox.c.round_id)
@@ -305,6 +306,14 @@ def claim(engine: Engine, batch_key: str, *, mail_from: str, url_template: str,
             select(QuestionnaireVersion.title).where(QuestionnaireVersion.id == rows[0].questionnaire_version_id)
         )
     first = rows[0]
+    try:
+        check_round_fingerprint(first.year, first.token_fingerprint, token_secret)
+    except ConsultError as error:
+        # Nothing was handed over: the rows go back to pending for the run with the right secret.
+        record(engine, ClaimedBatch(batch=OutgoingBatch(batch_key, first.kind, Address("x@x"), Content("", "", ""),
+                                                        (), []), claimed_ids=claimed_ids),
+               BatchResult(), reason=str(error))
+        raise
     sender = Address.parse(mail_from)
     content = render_content(first.kind, BatchContext(
         year=first.year, deadline=first.closes_on, consultation_title=title or "Consultation",
@@ -312,7 +321,7 @@ def claim(engine: Engine, batch_key: str, *, mail_from: str, url_template: str,
     ))
     recipients = []
     for row in rows:
-        link = response_link(url_template, derive_token(token_secret, row.year, row.code))
+        link = response_link(url_template, derive_token(token_secret, row.year, row.code, row.token_scheme))
         values = RecipientValues(
             first_name=row.first_name or "", last_name=row.last_name or "", email=row.recipient,
             partnership_name=row.name, partnership_acronym=row.acronym or "", partnership_code=row.code, link=link,
