@@ -13,7 +13,7 @@ from consult.contacts import message_problem
 from consult.errors import ConsultError
 from consult.mail.mailer import Mailer
 from consult.mail.message import BatchResult, TransientMailError
-from consult.mail.outbox import BatchOutcome, ClaimedBatch, claim, record
+from consult.mail.outbox import BatchOutcome, ClaimedBatch, MessageProgress, claim, record
 from consult.settings import Settings
 
 
@@ -42,17 +42,22 @@ def send_claimed(engine: Engine, mailer: Mailer, claimed: ClaimedBatch) -> Batch
     if unbuildable:
         batch = dataclasses.replace(batch, recipients=[
             recipient for recipient in batch.recipients if recipient.outbox_id not in unbuildable])
+    # Mailers that hand messages over one at a time record each one as they go (see MessageProgress).
+    progress = MessageProgress(engine, claimed.claimed_ids)
     try:
-        result = mailer.send(batch) if batch.recipients else BatchResult()
+        result = mailer.send(batch, progress=progress) if batch.recipients else BatchResult()
     except TransientMailError as error:
         # A 429's reset time is honoured by the mailer itself before its next request (the retry's).
+        progress.flush()
         error.partial.rejected.update(unbuildable)
         record(engine, claimed, error.partial, ambiguous=error.ambiguous, reason=str(error))
         raise
     except ConsultError as error:
         # The provider refused the request as a whole (key, sender, shape): nothing was accepted, so the rows go
         # back to pending for the run after the fix.
+        progress.flush()
         record(engine, claimed, BatchResult(rejected=dict(unbuildable)), reason=str(error))
         raise
+    progress.flush()
     result.rejected.update(unbuildable)
     return record(engine, claimed, result)

@@ -10,6 +10,7 @@ from pydantic import SecretStr
 
 from consult.errors import ConsultError
 from consult.mail.message import BatchResult, OutgoingBatch, TransientMailError, build_email
+from consult.mail.outbox import MessageProgress
 
 
 class SmtpMailer:
@@ -52,7 +53,7 @@ class SmtpMailer:
             raise TransientMailError(f"SMTP server {self.host}:{self.port}: {error}") from error
         return connection
 
-    def send(self, batch: OutgoingBatch) -> BatchResult:
+    def send(self, batch: OutgoingBatch, progress: MessageProgress | None = None) -> BatchResult:
         result = BatchResult()
         connection = self._connect()
         try:
@@ -62,6 +63,8 @@ class SmtpMailer:
                 except (ValueError, TypeError, MessageError) as error:  # one unbuildable message fails alone
                     result.rejected[recipient.outbox_id] = f"message cannot be built: {error}"
                     continue
+                if progress is not None:
+                    progress.handing_over(recipient.outbox_id, message["Message-ID"])
                 try:
                     refused = connection.send_message(message)
                 except smtplib.SMTPRecipientsRefused as error:
@@ -95,6 +98,8 @@ class SmtpMailer:
                     result.rejected[recipient.outbox_id] = f"SMTP refused: {refused}"
                 else:
                     result.accepted[recipient.outbox_id] = message["Message-ID"]
+                    if progress is not None:
+                        progress.accepted(recipient.outbox_id, message["Message-ID"])
         finally:
             try:
                 connection.quit()
