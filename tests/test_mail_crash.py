@@ -233,3 +233,69 @@ def test_reconcile_release_never_resends_what_the_maildir_holds(engine, settings
     assert (result.confirmed_sent, result.released, result.still_unknown) == (len(crash_round), 0, 0)
     send_invitations(2019)
     _assert_one_each_or_unknown(_maildir_recipients(settings.resolved_mailbox_dir), crash_round, set())
+
+
+STAKEHOLDER_COUNT = 30
+
+
+@pytest.fixture
+def published_round(engine, settings, round_2019, tmp_path):
+    """Round 2019 with the reference answers, and a list of 30 stakeholders; returns (list file, addresses)."""
+    from tests.factories import add_reference_responses
+
+    with session_scope(engine) as session:
+        add_reference_responses(session, 2019)
+    addresses = [f"stakeholder{number}@s{number}.example" for number in range(STAKEHOLDER_COUNT)]
+    path = tmp_path / "stakeholders.csv"
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["email", "name"])
+        writer.writerows([address, f"Stakeholder {number}"] for number, address in enumerate(addresses))
+    return path, addresses
+
+
+@pytest.mark.parametrize("backend", ["mailbox", "smtp"])
+def test_publish_send_to_killed_mid_run_ends_with_one_summary_each_or_reported_unknown(
+        engine, settings, published_round, monkeypatch, tmp_path, backend):
+    """`consult publish 2019 --send-to LIST` is killed (SIGKILL) after 11 summaries reached the Maildir or the
+    SMTP server; publishing again and reconciling gives every stakeholder exactly one summary (over SMTP: or
+    its row is reported unknown and it has at most one)."""
+    from flows.publish import publish_and_send_summary
+
+    path, addresses = published_round
+    out = tmp_path / "out"
+    kill_at = 11
+    command = [CONSULT, "publish", "2019", "--send-to", str(path), "--out", str(out)]
+    if backend == "mailbox":
+        env: dict[str, str] = {}
+        process = subprocess.Popen(command, env=_environment(), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        new = settings.resolved_mailbox_dir / "new"
+        deadline = time.time() + 180
+        while process.poll() is None and time.time() < deadline:
+            if new.is_dir() and len(os.listdir(new)) >= kill_at:
+                os.kill(process.pid, signal.SIGKILL)
+                break
+            time.sleep(0.001)
+        assert process.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+        publish_and_send_summary(2019, str(path), str(out))
+        result = outbox.reconcile(engine, year=2019, stale_after=dt.timedelta(0),
+                                  mailbox=MailboxMailer(settings.resolved_mailbox_dir))
+        publish_and_send_summary(2019, str(path), str(out))
+        assert result.still_unknown == 0
+        _assert_one_each_or_unknown(_maildir_recipients(settings.resolved_mailbox_dir), addresses, set())
+        assert _states(engine) == {"sent": STAKEHOLDER_COUNT}
+        return
+    with KillingSmtpServer(kill_at) as server:
+        env = {"CONSULT_MAIL_BACKEND": "smtp", "CONSULT_SMTP_HOST": "127.0.0.1", "CONSULT_SMTP_PORT": str(server.port)}
+        process = subprocess.Popen(command, env=_environment(**env), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        server.pid = process.pid
+        assert process.wait(timeout=180) == -signal.SIGKILL, "the run ended before it could be killed"
+        _use(monkeypatch, **env)
+        publish_and_send_summary(2019, str(path), str(out))
+        result = outbox.reconcile(engine, year=2019, stale_after=dt.timedelta(0))
+        publish_and_send_summary(2019, str(path), str(out))
+        unknown = _recipients_of_unknown(engine, result.unknown_ids)
+        assert 1 <= len(unknown) <= -(-STAKEHOLDER_COUNT // BATCH_SIZE)
+        _assert_one_each_or_unknown(_smtp_recipients(server), addresses, unknown)
