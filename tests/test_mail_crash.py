@@ -16,7 +16,6 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from email import message_from_bytes
 from pathlib import Path
 
 import pytest
