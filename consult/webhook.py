@@ -225,7 +225,7 @@ def _fail_stakeholder_message(connection, *, outbox_id: int | None, message_id: 
     elif email:
         recorded = OutboxMessage.provider_message_id
         which = and_(
-            recorded.is_not(None),
+            recorded.is_not(None), recorded != "",  # "": claimed, never handed over (consult.mail.outbox)
             func.substr(literal(message_id, String), 1, func.length(recorded)) == recorded,
             func.lower(OutboxMessage.recipient) == email.lower(),
         )

@@ -207,6 +207,7 @@ def test_invite_killed_at_the_sendgrid_stub_ends_with_exactly_one_invitation_eac
         body = json.dumps(stub.webhook_events()).encode()
         handle_post(engine, signer.public_key, body, signer.headers(body))
         result = outbox.reconcile(engine, year=2019, stale_after=dt.timedelta(0))
+        send_invitations(2019)  # what the dead run had claimed but not handed over
         received = Counter(item.email for item in stub.accepted)
         unknown = _recipients_of_unknown(engine, result.unknown_ids)
         assert not set(received) & unknown  # unknown only where the provider shows nothing

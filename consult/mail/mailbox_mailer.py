@@ -34,6 +34,7 @@ def message_file_name(outbox_id: int, batch_key: str) -> str:
 
 class MailboxMailer:
     name = "mailbox"
+    per_message = True  # reports each message to MessageProgress
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory

@@ -268,7 +268,9 @@ def claim_rows(engine: Engine, batch_key: str, *, stakeholders: bool = False, ki
             _skip_ineligible(connection, in_batch, now)
         return sorted(connection.scalars(
             update(outbox).where(in_batch)
-            .values(state="sending", attempts=outbox.c.attempts + 1, updated_at=now, error=None)
+            # provider_message_id "": not handed to the provider yet (see MessageProgress and expire_sending).
+            .values(state="sending", attempts=outbox.c.attempts + 1, updated_at=now, error=None,
+                    provider_message_id="")
             .returning(outbox.c.id)
         ).all())
 
@@ -426,26 +428,26 @@ class MessageProgress:
     """Per-message accounting for mailers that hand messages over one at a time (SMTP, the Maildir), so that a
     run killed mid-batch leaves at most one message of unknown fate per batch.
 
-    The first call marks every claimed row with an empty ``provider_message_id`` ("not reached yet"). Before a
-    message is handed over, its row gets the message's id ("may have been handed over"); once accepted, the row
-    becomes ``sent``. Each acceptance is committed together with the next message's mark: one commit per message.
-    :func:`expire_sending` later tells the rows of a dead run apart by that mark."""
+    Claiming leaves every row with an empty ``provider_message_id`` ("not handed over yet"). Before a message is
+    handed over, its row gets the message's id ("may have been handed over"); once accepted, the row becomes
+    ``sent``. Each acceptance is committed together with the next message's mark: one commit per message.
+    :func:`expire_sending` later tells the rows of a dead run apart by that mark. A mailer that sends the whole
+    batch in one request has all its rows marked at once first (:meth:`whole_batch`)."""
 
     def __init__(self, engine: Engine, claimed_ids: Sequence[int]) -> None:
         self.engine = engine
         self.claimed_ids = list(claimed_ids)
-        self._started = False
         self._accepted: list[tuple[int, str | None]] = []
+
+    def whole_batch(self, batch_key: str) -> None:
+        """Every row of the batch is about to be handed over in one request: all of them in doubt from now on."""
+        with self.engine.begin() as connection:
+            connection.execute(update(outbox).where(outbox.c.batch_key == batch_key, outbox.c.state == "sending")
+                               .values(provider_message_id=None))
 
     def handing_over(self, outbox_id: int, message_id: str | None) -> None:
         now = utcnow()
         with self.engine.begin() as connection:
-            if not self._started:
-                connection.execute(
-                    update(outbox).where(outbox.c.id.in_(bindparam("ids", expanding=True)),
-                                         outbox.c.state == "sending")
-                    .values(provider_message_id=""), {"ids": self.claimed_ids})
-                self._started = True
             self._write_accepted(connection, now)
             connection.execute(update(outbox).where(outbox.c.id == outbox_id, outbox.c.state == "sending")
                                .values(provider_message_id=message_id or "?", updated_at=now))
@@ -516,7 +518,7 @@ def reconcile(engine: Engine, *, year: int, stale_after: dt.timedelta = SENDING_
                         mailbox_released += done
     by_outbox_id = exists().where(events.c.outbox_id == outbox.c.id, events.c.event.in_(ACCEPTED_EVENTS))
     by_message_id = and_(
-        outbox.c.provider_message_id.is_not(None),
+        outbox.c.provider_message_id.is_not(None), outbox.c.provider_message_id != "",  # "": never handed over
         exists().where(events.c.provider_message_id.like(outbox.c.provider_message_id + "%"),
                        events.c.email == outbox.c.recipient, events.c.event.in_(ACCEPTED_EVENTS)),
     )

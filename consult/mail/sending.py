@@ -44,6 +44,8 @@ def send_claimed(engine: Engine, mailer: Mailer, claimed: ClaimedBatch) -> Batch
             recipient for recipient in batch.recipients if recipient.outbox_id not in unbuildable])
     # Mailers that hand messages over one at a time record each one as they go (see MessageProgress).
     progress = MessageProgress(engine, claimed.claimed_ids)
+    if batch.recipients and not getattr(mailer, "per_message", False):
+        progress.whole_batch(batch.batch_key)
     try:
         result = mailer.send(batch, progress=progress) if batch.recipients else BatchResult()
     except TransientMailError as error:

@@ -15,6 +15,7 @@ from consult.mail.outbox import MessageProgress
 
 class SmtpMailer:
     name = "smtp"
+    per_message = True  # reports each message to MessageProgress
 
     def __init__(
         self,
