@@ -31,14 +31,14 @@ from flows.mailing import send_invitations
 from tests.conftest import REPO_ROOT
 from tests.mail_servers import SendGridStub, SmtpCatcher, WebhookSigner
 
-PARTNERSHIPS = 20  # two contacts each
+PARTNERSHIPS = 40  # two contacts each: room after the last kill point, however fast the run goes
 BATCH_SIZE = 6
 CONSULT = REPO_ROOT / ".venv" / "bin" / "consult"
 
 
 @pytest.fixture
 def crash_round(engine, settings, tmp_path):
-    """A panel of 40 contacts and round 2019 open; returns the contacts' addresses."""
+    """A panel of 80 contacts and round 2019 open; returns the contacts' addresses."""
     from consult.panel import import_panel
     from consult.rounds import open_round
     from tests.conftest import EXAMPLES
