@@ -64,7 +64,8 @@ def panel_import(file: Annotated[Path, typer.Argument(help="CSV, one row per con
         report = import_panel(session, file)
     typer.echo(
         f"{file}: {report.partnerships_added} partnerships added, {report.partnerships_updated} updated, "
-        f"{report.contacts_added} contacts added; panel has {report.partnerships_total} partnerships"
+        f"{report.contacts_added} contacts added, {report.contacts_updated} contacts updated; "
+        f"panel has {report.partnerships_total} partnerships"
         + (f"; attributes: {', '.join(report.attributes)}" if report.attributes else "")
     )
 
@@ -200,8 +201,9 @@ def _parse_date(value: str, option: str) -> dt.date:
 
 def _register_stage_commands() -> None:
     """Commands owned by each stage's module, merged into the top level."""
-    from consult import cli_form, cli_ingest, cli_mail, cli_publish, cli_serve, cli_server
+    from consult import cli_contacts, cli_form, cli_ingest, cli_mail, cli_publish, cli_serve, cli_server
 
+    panel_app.add_typer(cli_contacts.app, name="contact")
     app.add_typer(cli_mail.app)
     app.add_typer(cli_ingest.app)
     app.add_typer(cli_ingest.quarantine_app, name="quarantine", help="Review quarantined rows.")

@@ -167,6 +167,9 @@ def files_list(year: YearArg) -> None:
         kept = "" if item.kept else "  (bytes not kept: ingested before 0002)"
         # A submission of the response form is kept as a one-row file too, beside the survey exports.
         source = "response form" if item.layout == "form" else f"file, {item.layout or 'plain'}"
+        if item.kept:
+            kept = ("  (kept encrypted: no token in the clear)" if item.token_storage == "encrypted"
+                    else "  (kept as received: tokens in the clear)")
         typer.echo(f"{item.id}  {item.name}  {item.row_count} rows  {item.size_bytes} bytes  "
                    f"sha256 {item.sha256[:16]}…  {item.ingested_at:%Y-%m-%d %H:%M}  [{source}]{kept}")
 
@@ -183,6 +186,8 @@ def files_show(
 
     with session_scope(_engine()) as session:
         cells = file_row_cells(session, year, file_id, row)
+    typer.echo("token cells are shown as their SHA-256 (the file is kept encrypted under the token secret's key; "
+               "`consult files export` gives it back as received)", err=True)
     # JSON keeps control characters and formulas visible as text instead of acting on the terminal.
     for column, value in cells.items():
         typer.echo(f"{column}: {json.dumps(value, ensure_ascii=False)}")
@@ -195,9 +200,14 @@ def files_export(
     to: Annotated[Path, typer.Option("--to", help="Folder to write the file into.")] = Path("."),
 ) -> None:
     """Write an ingested file back exactly as it was received (checked against its SHA-256)."""
+    from sqlalchemy import select
+
     from consult.ingest.store import export_file
     from db.engine import session_scope
+    from db.models import IngestedFile
 
     with session_scope(_engine()) as session:
         target = export_file(session, year, file_id, to)
-    typer.echo(f"wrote {target}")
+        storage = session.scalar(select(IngestedFile.token_storage).where(IngestedFile.id == file_id))
+    how = ("decrypted with the token secret's key" if storage == "encrypted" else "kept as received")
+    typer.echo(f"wrote {target} ({how}; SHA-256 checked; it holds working response tokens: keep it private)")

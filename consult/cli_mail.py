@@ -124,7 +124,14 @@ def reconcile(
     """Resolve messages of unknown fate from the delivery events received; never resends unless --release."""
     from consult.mail import outbox
 
-    result = outbox.reconcile(_engine(), year=year, stale_after=dt.timedelta(minutes=stale_after), release=release)
+    settings = get_settings()
+    mailbox = None
+    if settings.mail_backend == "mailbox":  # the Maildir knows for certain which messages it holds
+        from consult.mail.mailbox_mailer import MailboxMailer
+
+        mailbox = MailboxMailer(settings.resolved_mailbox_dir)
+    result = outbox.reconcile(_engine(), year=year, stale_after=dt.timedelta(minutes=stale_after), release=release,
+                              mailbox=mailbox)
     typer.echo(f"outbox {year}: {result}")
     if result.still_unknown:
         shown = ", ".join(str(i) for i in result.unknown_ids[:20])

@@ -18,6 +18,7 @@ import pycountry
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from consult.contacts import clean_email, clean_name
 from consult.errors import ConsultError
 from db.models import Contact, Partnership
 
@@ -25,9 +26,6 @@ REQUIRED_COLUMNS = ("partnership_id", "name", "contact_email")
 CONTACT_COLUMNS = ("contact_first_name", "contact_last_name", "language")
 _ATTRIBUTE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
-# Deliberately strict: one @, a dotted domain, no spaces, quotes, angle brackets or line breaks, so that an
-# address can be put in a mail header as it is.
-_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -38,6 +36,7 @@ class PanelImportReport:
     contacts_added: int
     partnerships_total: int
     attributes: tuple[str, ...] = ()
+    contacts_updated: int = 0
 
 
 @dataclass(frozen=True)
@@ -49,10 +48,6 @@ class _Row:
     first_name: str
     last_name: str
     email: str
-
-
-def is_valid_email(address: str) -> bool:
-    return len(address) <= 320 and _EMAIL.fullmatch(address) is not None
 
 
 def read_panel_file(path: Path) -> list[_Row]:
@@ -106,11 +101,11 @@ def _parse_row(path: Path, line: int, record: dict[str, str | None], attribute_c
         return value
 
     where = f"{path}, row {line}"
-    code, name, email = cell("partnership_id"), cell("name"), cell("contact_email")
+    code, name = cell("partnership_id"), clean_name(record.get("name") or "", where=where, column="name")
+    # Names and addresses: encoded words decoded, control/format characters and formula leads refused.
+    email = clean_email(record.get("contact_email") or "", where=where)
     if not code or not name:
         raise ConsultError(f"{where}: partnership_id and name are required")
-    if not is_valid_email(email):
-        raise ConsultError(f"{where}: invalid email address {email!r}")
     attributes = {column: cell(column) for column in attribute_columns}
     if "country" in attributes:
         country = attributes["country"].upper()
@@ -122,8 +117,8 @@ def _parse_row(path: Path, line: int, record: dict[str, str | None], attribute_c
         name=name,
         attributes={column: value for column, value in attributes.items() if value},
         language=cell("language") or "en",
-        first_name=cell("contact_first_name"),
-        last_name=cell("contact_last_name"),
+        first_name=clean_name(record.get("contact_first_name") or "", where=where, column="contact_first_name"),
+        last_name=clean_name(record.get("contact_last_name") or "", where=where, column="contact_last_name"),
         email=email,
     )
 
@@ -132,8 +127,8 @@ def import_panel(session: Session, path: Path) -> PanelImportReport:
     """Insert or update partnerships and contacts; importing the same file twice changes nothing."""
     rows = read_panel_file(path)
     existing = {p.code: p for p in session.scalars(select(Partnership))}
-    contacts = {(c.partnership_id, c.email.lower()) for c in session.scalars(select(Contact))}
-    added = updated = contacts_added = 0
+    contacts = {(c.partnership_id, c.email.lower()): c for c in session.scalars(select(Contact))}
+    added = updated = contacts_added = contacts_updated = 0
     touched: set[str] = set()
     for row in rows:
         partnership = existing.get(row.code)
@@ -152,14 +147,20 @@ def import_panel(session: Session, path: Path) -> PanelImportReport:
                     setattr(partnership, field, value)
                 updated += 1
         touched.add(row.code)
-        if (partnership.id, row.email.lower()) not in contacts:
-            session.add(Contact(partnership_id=partnership.id, first_name=row.first_name,
-                                last_name=row.last_name, email=row.email))
-            contacts.add((partnership.id, row.email.lower()))
+        contact = contacts.get((partnership.id, row.email.lower()))
+        if contact is None:
+            contact = Contact(partnership_id=partnership.id, first_name=row.first_name,
+                              last_name=row.last_name, email=row.email)
+            session.add(contact)
+            contacts[(partnership.id, row.email.lower())] = contact
             contacts_added += 1
+        elif (contact.first_name, contact.last_name, contact.email) != (row.first_name, row.last_name, row.email):
+            # A corrected name (or the address's case) replaces the stored one.
+            contact.first_name, contact.last_name, contact.email = row.first_name, row.last_name, row.email
+            contacts_updated += 1
     session.flush()
     names = tuple(dict.fromkeys(name for row in rows for name in row.attributes))
-    return PanelImportReport(added, updated, contacts_added, len(existing), names)
+    return PanelImportReport(added, updated, contacts_added, len(existing), names, contacts_updated)
 
 
 def panel_listing(session: Session) -> tuple[list[str], list[list[str]]]:

@@ -26,6 +26,7 @@ from jinja2 import TemplateNotFound
 from markupsafe import Markup
 from sqlalchemy import Connection, Engine, func, select
 
+from consult.contacts import clean_email, clean_name
 from consult.errors import ConsultError
 from consult.mail.mailer import Mailer
 from consult.mail.message import Address, Attachment, Content, OutgoingBatch, Recipient, single_line
@@ -87,8 +88,10 @@ def read_stakeholders(path: Path) -> list[Stakeholder]:
                     continue  # a blank line
                 if _CONTROL.search(email) or _CONTROL.search(name):
                     raise ConsultError(f"{path}, row {line}: a line break or control character in email or name")
+                name = clean_name(name, where=f"{path}, row {line}", column="name")  # encoded words, Cf characters
                 if len(email) > 254 or not _EMAIL.match(email):
                     raise ConsultError(f"{path}, row {line}: {email!r} is not an email address")
+                email = clean_email(email, where=f"{path}, row {line}", column="email")
                 if len(name) > 300:
                     raise ConsultError(f"{path}, row {line}: the name is longer than 300 characters")
                 key = email.lower()

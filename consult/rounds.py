@@ -14,7 +14,14 @@ from sqlalchemy.orm import Session
 
 from consult.errors import ConsultError
 from consult.questionnaire import Questionnaire, load_questionnaire, parse_questionnaire
-from consult.tokens import derive_token, hash_token, response_link
+from consult.tokens import (
+    CURRENT_SCHEME,
+    check_round_fingerprint,
+    derive_token,
+    hash_token,
+    response_link,
+    secret_fingerprint,
+)
 from db.models import Contact, Partnership, QuestionnaireVersion, Round, RoundParticipant, utcnow
 
 
@@ -114,6 +121,8 @@ def open_round(
             closes_on=closes_on or start + dt.timedelta(days=duration_days),
             reminder_days=sorted(reminder_days or [14, 3], reverse=True),
             status="open",
+            token_scheme=CURRENT_SCHEME,
+            token_fingerprint=secret_fingerprint(token_secret),
         )
         session.add(round_)
         session.flush()
@@ -122,13 +131,16 @@ def open_round(
             f"round {year} is already open with questionnaire {round_.questionnaire_version.code} "
             f"v{round_.questionnaire_version.version}, not {questionnaire.code} v{questionnaire.version}"
         )
+    check_round_fingerprint(year, round_.token_fingerprint, token_secret)
+    if round_.token_fingerprint is None:  # opened before migration 0006: the secret it is used with from now on
+        round_.token_fingerprint = secret_fingerprint(token_secret)
     enrolled = set(session.scalars(select(RoundParticipant.partnership_id).where(RoundParticipant.round_id == round_.id)))
     session.add_all(
         RoundParticipant(
             round_id=round_.id,
             partnership_id=partnership.id,
             attributes=dict(partnership.attributes or {}),
-            token_hash=hash_token(derive_token(token_secret, year, partnership.code)),
+            token_hash=hash_token(derive_token(token_secret, year, partnership.code, round_.token_scheme)),
         )
         for partnership in partnerships
         if partnership.id not in enrolled
@@ -167,6 +179,7 @@ def participants_table(
     Tokens are re-derived from the secret: the database never held them.
     """
     round_ = get_round(session, year)
+    check_round_fingerprint(year, round_.token_fingerprint, token_secret)
     rows = session.execute(
         select(Partnership, Contact, RoundParticipant.attributes)
         .join(RoundParticipant, RoundParticipant.partnership_id == Partnership.id)
@@ -186,7 +199,7 @@ def participants_table(
     else:
         writer.writerow(["partnership_id", "partnership", *names, "first_name", "last_name", "email", "token", "link"])
     for partnership, contact, attributes in rows:
-        token = derive_token(token_secret, year, partnership.code)
+        token = derive_token(token_secret, year, partnership.code, round_.token_scheme)
         values = [(attributes or {}).get(name, "") for name in names]
         if export_format == "limesurvey":
             cells = [contact.first_name, contact.last_name, contact.email, token, partnership.language,

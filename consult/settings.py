@@ -5,7 +5,9 @@ Secrets are ``SecretStr`` so they never show up in a repr, a log line or a Prefe
 
 from __future__ import annotations
 
+import os
 import secrets
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -134,15 +136,50 @@ class Settings(BaseSettings):
         return self.mailbox_dir or self.data_dir / "mailbox"
 
     def resolved_token_secret(self) -> bytes:
-        """The secret tokens are derived from: from the environment, else a file created once in data_dir."""
+        """The secret tokens are derived from: from the environment, else a file created once in data_dir.
+        An empty or short secret is refused with one line (consult.tokens.check_secret)."""
+        from consult.tokens import check_secret
+
         if self.token_secret is not None:
-            return self.token_secret.get_secret_value().encode()
+            return check_secret(self.token_secret.get_secret_value().encode(), source="CONSULT_TOKEN_SECRET")
         path = self.data_dir / "token-secret"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_hex(32))
-            path.chmod(0o600)
-        return path.read_text().strip().encode()
+        return check_secret(load_or_create_secret(path), source=str(path))
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """The secret in ``path``, created on first use with 32 random bytes (64 hex digits).
+
+    Created whole or not at all, never readable by others: the bytes go to a private temporary file (O_EXCL,
+    mode 0600, fsync) that is then hard-linked to ``path``; linking fails if ``path`` exists, so of two first runs
+    one wins and the other reads the winner's secret. A file left empty by an older version is not replaced
+    (rounds may depend on it): it is refused by the caller.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(descriptor, secrets.token_hex(32).encode())
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another run created it first: read its secret
+        finally:
+            os.unlink(temporary)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    for _ in range(20):
+        value = path.read_bytes().strip()
+        if value:
+            return value
+        time.sleep(0.05)  # written by a process of an older version right now: give it a moment
+    return b""
 
 
 @lru_cache(maxsize=1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +31,13 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER = EventWebhookHeader.SIGNATURE
 TIMESTAMP_HEADER = EventWebhookHeader.TIMESTAMP
 MAX_BODY_BYTES = 10 * 1024 * 1024  # SendGrid posts batches of events; far below this
+# A connection that sends nothing for this long is closed; a whole request must arrive within the second bound.
+IDLE_TIMEOUT_SECONDS = 10.0
+REQUEST_DEADLINE_SECONDS = 30.0
+MAX_CONNECTIONS = 64  # connections served at once; more are closed at once instead of each holding a thread
+# The columns' ranges: an outbox id is an INTEGER, a timestamp a BIGINT of Unix seconds (up to year 9999).
+MAX_OUTBOX_ID = 2**31 - 1
+MAX_TIMESTAMP = 253402300799
 # A signed post whose timestamp is further than this from now is refused: a recorded post replayed later carries
 # a valid signature, and only its age gives it away. SendGrid posts within seconds of signing.
 TIMESTAMP_TOLERANCE = dt.timedelta(minutes=5)
@@ -111,12 +119,17 @@ def parse_events(body: bytes) -> list[dict[str, Any]]:
     return events
 
 
-def _outbox_id(event: dict[str, Any]) -> int | None:
+def _outbox_id(number: int, event: dict[str, Any]) -> int | None:
+    """The event's outbox id (from our ``custom_args``): None when absent or not a number (another sender's);
+    an out-of-range number is refused (400) rather than overflowing the column."""
     value = event.get("outbox_id")
     try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
+        outbox_id = int(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON Infinity
         return None
+    if outbox_id is not None and not 0 < outbox_id <= MAX_OUTBOX_ID:
+        raise WebhookRejected(f"event {number}: outbox_id {str(value)[:40]} is out of range")
+    return outbox_id
 
 
 def record_events(engine: Engine, events: list[dict[str, Any]]) -> WebhookReport:
@@ -129,11 +142,14 @@ def record_events(engine: Engine, events: list[dict[str, Any]]) -> WebhookReport
             raise WebhookRejected(f"event {number} lacks sg_message_id, event or timestamp: {json.dumps(event)[:200]}")
         try:
             timestamp = int(timestamp)
-        except (TypeError, ValueError):
-            raise WebhookRejected(f"event {number}: timestamp {timestamp!r} is not a Unix time") from None
+        except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON Infinity
+            raise WebhookRejected(f"event {number}: timestamp {str(timestamp)[:40]!r} is not a Unix time") from None
+        if not 0 <= timestamp <= MAX_TIMESTAMP:
+            raise WebhookRejected(f"event {number}: timestamp {str(timestamp)[:40]} is out of range")
         rows.append({
             "provider_message_id": str(message_id)[:200], "event": str(name)[:32], "timestamp": timestamp,
-            "email": (event.get("email") or None), "outbox_id": _outbox_id(event),
+            "email": (str(event.get("email"))[:320] if event.get("email") else None),
+            "outbox_id": _outbox_id(number, event),
             "reason": str(event.get("reason") or event.get("response") or event.get("type") or "") or None,
             "payload": event, "received_at": utcnow(),
         })
@@ -209,7 +225,7 @@ def _fail_stakeholder_message(connection, *, outbox_id: int | None, message_id: 
     elif email:
         recorded = OutboxMessage.provider_message_id
         which = and_(
-            recorded.is_not(None),
+            recorded.is_not(None), recorded != "",  # "": claimed, never handed over (consult.mail.outbox)
             func.substr(literal(message_id, String), 1, func.length(recorded)) == recorded,
             func.lower(OutboxMessage.recipient) == email.lower(),
         )
@@ -231,33 +247,152 @@ def handle_post(engine: Engine, public_key: str, body: bytes, headers: dict[str,
     return record_events(engine, parse_events(body))
 
 
+class BodyRefused(Exception):
+    """The request's body cannot be read within the limits: answer ``status`` and close the connection."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def read_body(headers: Any, rfile: Any, *, limit: int = MAX_BODY_BYTES, deadline: float) -> bytes:
+    """The request body, by ``Content-Length`` (digits only, at most ``limit``) or chunked transfer encoding (at
+    most ``limit`` in all), read before ``deadline`` (a ``time.monotonic()`` value)."""
+    length_header = headers.get("Content-Length")
+    chunked = "chunked" in (headers.get("Transfer-Encoding") or "").lower()
+    if chunked and length_header is not None:
+        raise BodyRefused(400, "both Content-Length and Transfer-Encoding")  # a request-smuggling shape
+    if chunked:
+        return _read_chunked(rfile, limit=limit, deadline=deadline)
+    if length_header is None:
+        raise BodyRefused(411, "a Content-Length or chunked body is required")
+    text = length_header.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 12:
+        raise BodyRefused(400, f"Content-Length {length_header[:20]!r} is not a byte count")
+    length = int(text)
+    if length > limit:
+        raise BodyRefused(413, "event batch too large")
+    return _read_exactly(rfile, length, deadline=deadline)
+
+
+def _read_exactly(rfile: Any, length: int, *, deadline: float) -> bytes:
+    parts: list[bytes] = []
+    left = length
+    while left > 0:
+        if time.monotonic() > deadline:
+            raise BodyRefused(408, "the request took too long")
+        part = rfile.read1(min(left, 65536)) if hasattr(rfile, "read1") else rfile.read(min(left, 65536))
+        if not part:
+            raise BodyRefused(400, "the body ended before its Content-Length")
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def _read_chunked(rfile: Any, *, limit: int, deadline: float) -> bytes:
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        if time.monotonic() > deadline:
+            raise BodyRefused(408, "the request took too long")
+        line = rfile.readline(100)
+        size_text = line.split(b";", 1)[0].strip()
+        if not line.endswith(b"\n") or not size_text or len(size_text) > 8 or \
+                any(byte not in b"0123456789abcdefABCDEF" for byte in size_text):
+            raise BodyRefused(400, "malformed chunk size")
+        size = int(size_text, 16)
+        if size == 0:
+            while rfile.readline(1000) not in (b"\r\n", b"\n", b""):  # trailers, if any
+                if time.monotonic() > deadline:
+                    raise BodyRefused(408, "the request took too long")
+            return b"".join(parts)
+        total += size
+        if total > limit:
+            raise BodyRefused(413, "event batch too large")
+        parts.append(_read_exactly(rfile, size, deadline=deadline))
+        if rfile.readline(3) not in (b"\r\n", b"\n"):
+            raise BodyRefused(400, "malformed chunk")
+
+
+class BoundedThreadingHTTPServer(ThreadingHTTPServer):
+    """At most ``max_connections`` connections served at once: the next ones are closed straight away, so idle or
+    slow clients cannot make the server hold a thread each without bound."""
+
+    daemon_threads = True
+    request_queue_size = 128  # the listen backlog: refused connections are accepted, then closed, not left hanging
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
+        super().__init__(address, handler)
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.warning("webhook: %s connections already open; closing one from %s", self.max_connections,
+                        client_address)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 def make_server(engine: Engine, public_key: str, *, host: str = "127.0.0.1", port: int = 8025,
-                tolerance: dt.timedelta = TIMESTAMP_TOLERANCE) -> ThreadingHTTPServer:
+                tolerance: dt.timedelta = TIMESTAMP_TOLERANCE, max_connections: int = MAX_CONNECTIONS,
+                idle_timeout: float = IDLE_TIMEOUT_SECONDS,
+                request_deadline: float = REQUEST_DEADLINE_SECONDS) -> ThreadingHTTPServer:
     """An HTTP server answering POST (any path) with 204 when the events are stored, 403 for a bad signature or a
-    timestamp further than ``tolerance`` from now, 400 for a malformed batch. Put it behind HTTPS (a reverse
-    proxy) for SendGrid."""
+    timestamp further than ``tolerance`` from now, 400 for a malformed batch or body, 411/413 for a body without
+    a length or too large, 408 for one too slow. A connection idle for ``idle_timeout`` seconds is closed; at
+    most ``max_connections`` are served at once. Put it behind HTTPS (a reverse proxy) for SendGrid."""
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = idle_timeout  # socket timeout for every read: an idle or half-open connection is dropped
+
         def log_message(self, format: str, *args: Any) -> None:
             log.info("webhook %s", format % args)
 
+        def _answer(self, status: int) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY_BYTES:
-                self.send_error(413, "event batch too large")
+            try:
+                body = read_body(self.headers, self.rfile, deadline=time.monotonic() + request_deadline)
+            except BodyRefused as refused:
+                log.warning("webhook post refused (%s): %s", refused.status, refused.reason)
+                self.close_connection = True
+                self._answer(refused.status)
                 return
-            body = self.rfile.read(length)
+            except (TimeoutError, OSError):
+                self.close_connection = True
+                return
             try:
                 report = handle_post(engine, public_key, body, dict(self.headers.items()), tolerance=tolerance)
             except WebhookRejected as error:
                 log.warning("webhook post refused: %s", error)
-                self.send_response(error.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self._answer(error.status)
+                return
+            except Exception as error:  # noqa: BLE001 - one line in the log and a 500, never a traceback
+                log.error("webhook post failed: %s: %s", type(error).__name__, str(error).splitlines()[0][:200]
+                          if str(error) else "")
+                self.close_connection = True
+                self._answer(500)
                 return
             log.info("webhook: %s events, %s new, %s contacts updated, %s stakeholder messages failed",
                      report.received, report.stored, report.contacts_updated, report.stakeholder_messages_failed)
             self.send_response(204)
             self.end_headers()
 
-    return ThreadingHTTPServer((host, port), Handler)
+    return BoundedThreadingHTTPServer((host, port), Handler, max_connections=max_connections)

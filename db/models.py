@@ -113,6 +113,9 @@ class Round(Base):
     closes_on: Mapped[dt.date] = mapped_column(Date)
     closed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     reminder_days: Mapped[list[int]] = mapped_column(JSONType, default=list)
+    # New rounds: letters and digits; rounds opened before migration 0006 keep URL-safe base64 (consult/tokens.py).
+    token_scheme: Mapped[str] = mapped_column(String(16), default="alnum", server_default="b64url")
+    token_fingerprint: Mapped[str | None] = mapped_column(String(64))  # HMAC of a fixed label, never the secret
 
     questionnaire_version: Mapped[QuestionnaireVersion] = relationship()
 
@@ -201,6 +204,7 @@ class IngestedFile(Base):
     # The file exactly as received, zlib-compressed: every row's raw cells, byte for byte, in a fifth of the
     # space a per-row copy takes (see consult.ingest.store.raw_cells). NULL for files stored before 0002.
     content: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    token_storage: Mapped[str | None] = mapped_column(String(16))  # hashed | NULL: as received (consult/ingest/keep)
     ingested_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

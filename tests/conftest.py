@@ -33,6 +33,14 @@ EXAMPLES = REPO_ROOT / "examples" / "escp4i"
 TEST_OUTPUT = REPO_ROOT / "test-output"
 POSTGRES_ADMIN_URL = os.environ.get("CONSULT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TEST_TOKEN_SECRET = "test-secret-" + "0" * 52
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def alnum_token(digest: bytes) -> str:
+    """A round's token spelled as rounds opened since migration 0006 spell it: the HMAC digest as a number, its
+    32 lowest base-62 digits, least significant first (written out here, apart from consult.tokens)."""
+    number = int.from_bytes(digest, "big")
+    return "".join(BASE62[(number // 62**place) % 62] for place in range(32))
 
 
 def _postgres_unavailable_reason() -> str | None:

@@ -40,6 +40,18 @@ def write_csv(tmp_path: Path, name: str, *rows: str, header: str = HEADER) -> Pa
     return path
 
 
+def decrypt_kept(settings, record: IngestedFile) -> bytes:
+    """The kept bytes decrypted as consult/ingest/keep.py documents: AES-256-GCM, key HMAC-SHA256(secret,
+    "consult kept-file key v1"), stored as b"CKF1" + 12-byte nonce + ciphertext, the SHA-256 as associated data."""
+    import hmac
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    assert record.token_storage == "encrypted" and record.content[:4] == b"CKF1"
+    key = hmac.new(settings.resolved_token_secret(), b"consult kept-file key v1", hashlib.sha256).digest()
+    return AESGCM(key).decrypt(record.content[4:16], record.content[16:], record.sha256.encode())
+
+
 def responses_by_code(engine, status: str | None = None) -> dict[str, list[Response]]:
     with session_scope(engine) as session:
         query = select(Response, Partnership.code).join(Partnership, Partnership.id == Response.partnership_id)
@@ -86,7 +98,7 @@ def test_ingested_file_is_recorded_with_its_identity_and_raw_cells_are_kept(engi
     with session_scope(engine) as session:
         [record] = session.scalars(select(IngestedFile)).all()
         stored = {r.row_number: raw_cells(session, r) for r in session.scalars(select(Response))}
-        kept = zlib.decompress(record.content)
+        kept = zlib.decompress(decrypt_kept(settings, record))
     assert kept == path.read_bytes()
     assert record.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert (record.name, record.size_bytes, record.row_count) == ("responses-2019.csv", path.stat().st_size, 22)

@@ -7,6 +7,7 @@ import csv
 from sqlalchemy import update
 from typer.testing import CliRunner
 
+from consult import settings as settings_module
 from consult.cli_mail import app
 from db.engine import session_scope
 from db.models import OutboxMessage
@@ -33,12 +34,14 @@ def test_remind_force_sends_one_now_and_says_how_many(engine, settings, round_20
     assert line.split()[2:] == ["0", "0", str(panel_size()), "0", "0", "0"]
 
 
-def test_reconcile_lists_what_it_cannot_resolve_and_exits_non_zero(engine, settings, round_2019):
-    """Messages of unknown fate without delivery events stay unknown: reconcile names them and exits 2;
-    with --release they go back to pending."""
+def test_reconcile_lists_what_it_cannot_resolve_and_exits_non_zero(engine, settings, round_2019, monkeypatch):
+    """With a provider that keeps no record we can read (SendGrid, SMTP), messages of unknown fate without
+    delivery events stay unknown: reconcile names them and exits 2; with --release they go back to pending."""
     send_invitations(2019)
     with session_scope(engine) as session:
         session.execute(update(OutboxMessage).where(OutboxMessage.id <= 2).values(state="unknown"))
+    monkeypatch.setenv("CONSULT_MAIL_BACKEND", "smtp")
+    settings_module.get_settings.cache_clear()
     result = runner.invoke(app, ["reconcile", "2019"])
     assert result.exit_code == 2
     assert "2 still unknown" in result.output and "unknown outbox ids: 1, 2" in result.output

@@ -1,12 +1,11 @@
 """Specification of invitations and reminders with the embedded mailbox backend (a Maildir on disk).
 
 Expected recipients and links are computed here from ``examples/escp4i/panel.csv`` and the token rule
-(HMAC-SHA256(secret, "year:code"), URL-safe base64 without padding), not with the engine's own helpers.
+(HMAC-SHA256(secret, "year:code"), its 32 lowest base-62 digits: letters and digits), not with the engine's own helpers.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
 import datetime as dt
 import hashlib
@@ -23,7 +22,7 @@ from consult.settings import Settings
 from db.engine import session_scope
 from db.models import Contact, OutboxMessage, Round
 from flows.mailing import send_invitations, send_reminders
-from tests.conftest import EXAMPLES, TEST_TOKEN_SECRET
+from tests.conftest import EXAMPLES, TEST_TOKEN_SECRET, alnum_token
 from tests.factories import accepted_reference_rows, add_responses, reference_rows
 
 
@@ -35,7 +34,7 @@ def panel_contacts() -> dict[str, str]:
 
 def expected_link(year: int, code: str) -> str:
     digest = hmac.new(TEST_TOKEN_SECRET.encode(), f"{year}:{code}".encode(), hashlib.sha256).digest()
-    return "http://127.0.0.1:8000/r/" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    return "http://127.0.0.1:8000/r/" + alnum_token(digest)
 
 
 def read_mailbox(directory: Path) -> list[Message]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import csv
 import hashlib
 import hmac
@@ -14,7 +13,7 @@ import pytest
 from consult import settings as settings_module
 from consult.mail.render import render_content
 from flows.mailing import send_invitations
-from tests.conftest import EXAMPLES, TEST_TOKEN_SECRET
+from tests.conftest import EXAMPLES, TEST_TOKEN_SECRET, alnum_token
 from tests.mail_servers import SmtpCatcher
 
 
@@ -25,7 +24,7 @@ def panel_contacts() -> dict[str, str]:
 
 def link(code: str) -> str:
     digest = hmac.new(TEST_TOKEN_SECRET.encode(), f"2019:{code}".encode(), hashlib.sha256).digest()
-    return "http://127.0.0.1:8000/r/" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    return "http://127.0.0.1:8000/r/" + alnum_token(digest)
 
 
 @pytest.fixture

@@ -273,6 +273,7 @@ def store_files(settings: Settings, year: int, validated: list[ValidatedFile]) -
             engine, year=year, sha256=item.file.sha256, name=item.file.name, size_bytes=item.file.size_bytes,
             layout=item.file.layout, encoding=item.file.encoding, delimiter=item.file.delimiter,
             report=_file_report(item), rows=rows, content=item.file.content,
+            secret=settings.resolved_token_secret(),
         )
         file_summary.notes = item.file.notes
         summary.files.append(file_summary)

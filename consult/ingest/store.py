@@ -43,6 +43,7 @@ from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from consult.errors import ConsultError
+from consult.ingest.keep import ENCRYPTED, hash_token_cells, is_token_column, seal, token_digest, unseal
 from consult.ingest.normalise import AnswerWriter, Reason
 from consult.ingest.readers import read_table
 from db.bulk import (
@@ -232,7 +233,8 @@ def write_rows(
 
     quarantined_index = rows.raw.index[quarantined.to_numpy()]
     if len(quarantined_index):
-        raw_json = _json_lines(rows.raw.loc[quarantined_index])
+        # Token cells as their hash: a quarantined row is no working login (consult.ingest.keep).
+        raw_json = _json_lines(hash_token_cells(rows.raw.loc[quarantined_index]))
         quarantine_rows = []
         for row_number, raw_text in zip(quarantined_index.tolist(), raw_json, strict=True):
             reasons = list(rows.errors.get(row_number, []))
@@ -293,8 +295,13 @@ def store_file(
     report: dict[str, Any],
     rows: RowsToStore,
     content: bytes | None = None,
+    secret: bytes | None = None,
 ) -> FileSummary:
-    """Store one file in one transaction: all of it, or nothing. ``content``: the file's zlib-compressed bytes."""
+    """Store one file in one transaction: all of it, or nothing. ``content``: the file's zlib-compressed bytes,
+    kept encrypted under the token ``secret``'s key when it is given (consult.ingest.keep)."""
+    token_storage = None
+    if content is not None and secret is not None:
+        content, token_storage = seal(content, secret=secret, sha256=sha256), ENCRYPTED
     summary = FileSummary(name=name, sha256=sha256, layout=layout, encoding=encoding, delimiter=delimiter)
     with engine.begin() as connection:
         round_id = connection.scalar(select(Round.id).where(Round.year == year))
@@ -311,7 +318,7 @@ def store_file(
                 insert(IngestedFile).values(
                     round_id=round_id, sha256=sha256, name=name[:500], size_bytes=size_bytes,
                     row_count=len(rows.raw), layout=layout, encoding=encoding, delimiter=delimiter, report=report,
-                    content=content,
+                    content=content, token_storage=token_storage,
                 ).returning(IngestedFile.id)
             ).scalar_one()
             counts = write_rows(connection, round_id=round_id, file_id=file_id, rows=rows, bulk=bulk)
@@ -332,20 +339,32 @@ def is_already_ingested(engine: Engine, year: int, sha256: str) -> bool:
         )
 
 
-def stored_file_cells(session: Session, file_id: int) -> pd.DataFrame:
+def _kept_bytes(name: str, sha256: str, content: bytes, token_storage: str | None, secret: bytes | None) -> bytes:
+    """The file as received, from its kept form (decrypted when it was kept encrypted)."""
+    if token_storage == ENCRYPTED:
+        if secret is None:
+            from consult.settings import get_settings
+
+            secret = get_settings().resolved_token_secret()
+        content = unseal(content, secret=secret, sha256=sha256, name=name)
+    return zlib.decompress(content)
+
+
+def stored_file_cells(session: Session, file_id: int, *, secret: bytes | None = None) -> pd.DataFrame:
     """The cells of a stored file exactly as exported, indexed by row number (as the responses refer to them)."""
     found = session.execute(
-        select(IngestedFile.name, IngestedFile.content).where(IngestedFile.id == file_id)
+        select(IngestedFile.name, IngestedFile.content, IngestedFile.sha256, IngestedFile.token_storage)
+        .where(IngestedFile.id == file_id)
     ).one_or_none()
     if found is None:
         raise ConsultError(f"no ingested file {file_id}")
-    name, content = found
+    name, content, sha256, token_storage = found
     if content is None:
         raise ConsultError(f"{name}: stored before files were kept; its rows keep their own raw cells")
     with tempfile.TemporaryDirectory(prefix="consult-file-") as folder:
         # The reader goes by the file name's extension, so the copy keeps the name it was received under.
         copy = Path(folder) / Path(name).name
-        copy.write_bytes(zlib.decompress(content))
+        copy.write_bytes(_kept_bytes(name, sha256, content, token_storage, secret))
         return read_table(copy).cells
 
 
@@ -359,13 +378,14 @@ class StoredFile:
     ingested_at: dt.datetime
     kept: bool  # its bytes are stored (files ingested before schema 0002 are not)
     layout: str = ""  # plain | limesurvey | eusurvey | form (one submission of the response form)
+    token_storage: str | None = None  # encrypted | None: as received
 
 
 def list_files(session: Session, year: int) -> list[StoredFile]:
     query = (
         select(IngestedFile.id, IngestedFile.name, IngestedFile.sha256, IngestedFile.size_bytes,
                IngestedFile.row_count, IngestedFile.ingested_at, IngestedFile.content.is_not(None),
-               IngestedFile.layout)
+               IngestedFile.layout, IngestedFile.token_storage)
         .join(Round, Round.id == IngestedFile.round_id)
         .where(Round.year == year)
         .order_by(IngestedFile.id)
@@ -425,7 +445,7 @@ def export_file(session: Session, year: int, file_id: int, folder: Path) -> Path
     record = _file_of_round(session, year, file_id)
     if record.content is None:
         raise ConsultError(f"{record.name}: stored before files were kept; its rows keep their own raw cells")
-    content = zlib.decompress(record.content)
+    content = _kept_bytes(record.name, record.sha256, record.content, record.token_storage, None)
     if hashlib.sha256(content).hexdigest() != record.sha256:
         raise ConsultError(f"{record.name}: the stored bytes do not match the recorded SHA-256; do not trust them")
     target = folder / Path(record.name).name
@@ -443,7 +463,9 @@ def file_row_cells(session: Session, year: int, file_id: int, row_number: int) -
     if row_number not in cells.index:
         first, last = (int(cells.index.min()), int(cells.index.max())) if len(cells) else (0, 0)
         raise ConsultError(f"{record.name} has no row {row_number} (rows {first}..{last})")
-    return {str(key): str(value) for key, value in cells.loc[row_number].items()}
+    # A token cell is shown as its hash: printing it would hand out a working login (consult.ingest.keep).
+    return {str(key): token_digest(value) if is_token_column(key) else str(value)
+            for key, value in cells.loc[row_number].items()}
 
 
 def raw_cells(session: Session, response: Response) -> dict[str, str]:

@@ -6,6 +6,7 @@ from typing import Protocol
 
 from consult.errors import ConsultError
 from consult.mail.message import BatchResult, OutgoingBatch
+from consult.mail.outbox import MessageProgress
 from consult.settings import Settings
 
 
@@ -17,7 +18,11 @@ class Mailer(Protocol):
 
     name: str
 
-    def send(self, batch: OutgoingBatch) -> BatchResult: ...
+    def send(self, batch: OutgoingBatch, progress: MessageProgress | None = None) -> BatchResult:
+        """``progress``: a mailer that hands messages over one at a time reports each one to it
+        (``handing_over`` just before, ``accepted`` just after), so a crash mid-batch loses track of one message
+        at most; a mailer that sends the batch in one request ignores it."""
+        ...
 
 
 SENDGRID_SECRET_BLOCK = "sendgrid-api-key"

@@ -18,6 +18,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from sqlalchemy import (
     DateTime,
@@ -36,9 +37,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from consult.errors import ConsultError
-from consult.mail.message import Address, BatchResult, OutgoingBatch, Recipient
+from consult.mail.message import Address, BatchResult, Content, OutgoingBatch, Recipient
 from consult.mail.render import BatchContext, RecipientValues, recipient_substitutions, render_content
-from consult.tokens import derive_token, response_link
+from consult.tokens import check_round_fingerprint, derive_token, response_link
 from db.models import (
     Contact,
     DeliveryEvent,
@@ -58,6 +59,16 @@ SENDING_LEASE = dt.timedelta(minutes=15)
 # Webhook events that prove the provider took the message.
 ACCEPTED_EVENTS = ("processed", "delivered", "deferred", "bounce", "open", "click", "spamreport", "unsubscribe",
                    "group_unsubscribe", "group_resubscribe")
+
+
+
+class Mailbox(Protocol):
+    """A backend that can say for certain which messages it holds (the Maildir)."""
+
+    def written(self, rows: Sequence[tuple[int, str]]) -> dict[int, str]:
+        """Of these (outbox id, batch key) pairs, the outbox ids whose message it holds, with its file name."""
+        ...
+
 
 outbox = OutboxMessage.__table__
 contacts = Contact.__table__
@@ -276,7 +287,9 @@ def claim_rows(engine: Engine, batch_key: str, *, stakeholders: bool = False, ki
             _skip_ineligible(connection, in_batch, now)
         return sorted(connection.scalars(
             update(outbox).where(in_batch)
-            .values(state="sending", attempts=outbox.c.attempts + 1, updated_at=now, error=None)
+            # provider_message_id "": not handed to the provider yet (see MessageProgress and expire_sending).
+            .values(state="sending", attempts=outbox.c.attempts + 1, updated_at=now, error=None,
+                    provider_message_id="")
             .returning(outbox.c.id)
         ).all())
 
@@ -310,7 +323,8 @@ def claim(engine: Engine, batch_key: str, *, mail_from: str, url_template: str,
         rows = connection.execute(
             select(outbox.c.id, outbox.c.kind, outbox.c.recipient, contacts.c.first_name, contacts.c.last_name,
                    partnerships.c.code, partnerships.c.name, partnerships.c.attributes, partnerships.c.language,
-                   rounds.c.year, rounds.c.closes_on, rounds.c.questionnaire_version_id)
+                   rounds.c.year, rounds.c.closes_on, rounds.c.questionnaire_version_id, rounds.c.token_scheme,
+                   rounds.c.token_fingerprint)
             .join(contacts, contacts.c.id == outbox.c.contact_id)
             .join(partnerships, partnerships.c.id == outbox.c.partnership_id)
             .join(rounds, rounds.c.id == outbox.c.round_id)
@@ -324,6 +338,14 @@ def claim(engine: Engine, batch_key: str, *, mail_from: str, url_template: str,
             select(QuestionnaireVersion.title).where(QuestionnaireVersion.id == rows[0].questionnaire_version_id)
         )
     first = rows[0]
+    try:
+        check_round_fingerprint(first.year, first.token_fingerprint, token_secret)
+    except ConsultError as error:
+        # Nothing was handed over: the rows go back to pending for the run with the right secret.
+        record(engine, ClaimedBatch(batch=OutgoingBatch(batch_key, first.kind, Address("x@x"), Content("", "", ""),
+                                                        (), []), claimed_ids=claimed_ids),
+               BatchResult(), reason=str(error))
+        raise
     sender = Address.parse(mail_from)
     content = render_content(first.kind, BatchContext(
         year=first.year, deadline=first.closes_on, consultation_title=title or "Consultation",
@@ -331,7 +353,7 @@ def claim(engine: Engine, batch_key: str, *, mail_from: str, url_template: str,
     ))
     recipients = []
     for row in rows:
-        link = response_link(url_template, derive_token(token_secret, row.year, row.code))
+        link = response_link(url_template, derive_token(token_secret, row.year, row.code, row.token_scheme))
         values = RecipientValues(
             first_name=row.first_name or "", last_name=row.last_name or "", email=row.recipient,
             partnership_name=row.name, partnership_acronym=(row.attributes or {}).get("acronym") or "", partnership_code=row.code, link=link,
@@ -393,7 +415,8 @@ def record(engine: Engine, claimed: ClaimedBatch, result: BatchResult, *, ambigu
                 {"ids": sorted(ambiguous_ids)})
         if released:
             connection.execute(update(outbox).where(sending).values(
-                state="pending", error=(reason or None), updated_at=now), {"ids": released})
+                state="pending", error=(reason or None), provider_message_id=None, updated_at=now),
+                {"ids": released})
     return BatchOutcome(
         batch_key=claimed.batch.batch_key, claimed=len(claimed.claimed_ids), sent=len(result.accepted),
         failed=len(result.rejected), unknown=len(ambiguous_ids), released=len(released),
@@ -401,16 +424,69 @@ def record(engine: Engine, claimed: ClaimedBatch, result: BatchResult, *, ambigu
 
 
 def expire_sending(engine: Engine, *, year: int, older_than: dt.timedelta = SENDING_LEASE) -> int:
-    """Rows still ``sending`` after their lease belong to a run that died: they become ``unknown``."""
+    """Rows still ``sending`` after their lease belong to a run that died. Those a per-message mailer had not
+    reached yet (``provider_message_id`` still the empty mark :class:`MessageProgress` gave them) were certainly
+    never handed over and go back to ``pending``; the others become ``unknown``. Returns how many became unknown."""
     round_id = _round_row(engine, year).id
     cutoff = utcnow() - older_than
+    stale = and_(outbox.c.round_id == round_id, outbox.c.state == "sending", outbox.c.updated_at <= cutoff)
     with engine.begin() as connection:
+        connection.execute(
+            update(outbox).where(stale, outbox.c.provider_message_id == "")
+            .values(state="pending", provider_message_id=None, updated_at=utcnow(),
+                    error="the sending run stopped before handing it over")
+        )
         return connection.execute(
-            update(outbox)
-            .where(outbox.c.round_id == round_id, outbox.c.state == "sending", outbox.c.updated_at <= cutoff)
+            update(outbox).where(stale)
             .values(state="unknown", error="the sending run stopped before recording the provider's answer",
                     updated_at=utcnow())
         ).rowcount
+
+
+class MessageProgress:
+    """Per-message accounting for mailers that hand messages over one at a time (SMTP, the Maildir), so that a
+    run killed mid-batch leaves at most one message of unknown fate per batch.
+
+    Claiming leaves every row with an empty ``provider_message_id`` ("not handed over yet"). Before a message is
+    handed over, its row gets the message's id ("may have been handed over"); once accepted, the row becomes
+    ``sent``. Each acceptance is committed together with the next message's mark: one commit per message.
+    :func:`expire_sending` later tells the rows of a dead run apart by that mark. A mailer that sends the whole
+    batch in one request has all its rows marked at once first (:meth:`whole_batch`)."""
+
+    def __init__(self, engine: Engine, claimed_ids: Sequence[int]) -> None:
+        self.engine = engine
+        self.claimed_ids = list(claimed_ids)
+        self._accepted: list[tuple[int, str | None]] = []
+
+    def whole_batch(self, batch_key: str) -> None:
+        """Every row of the batch is about to be handed over in one request: all of them in doubt from now on."""
+        with self.engine.begin() as connection:
+            connection.execute(update(outbox).where(outbox.c.batch_key == batch_key, outbox.c.state == "sending")
+                               .values(provider_message_id=None))
+
+    def handing_over(self, outbox_id: int, message_id: str | None) -> None:
+        now = utcnow()
+        with self.engine.begin() as connection:
+            self._write_accepted(connection, now)
+            connection.execute(update(outbox).where(outbox.c.id == outbox_id, outbox.c.state == "sending")
+                               .values(provider_message_id=message_id or "?", updated_at=now))
+
+    def accepted(self, outbox_id: int, message_id: str | None) -> None:
+        self._accepted.append((outbox_id, message_id))
+
+    def flush(self) -> None:
+        if self._accepted:
+            with self.engine.begin() as connection:
+                self._write_accepted(connection, utcnow())
+
+    def _write_accepted(self, connection, now: dt.datetime) -> None:  # type: ignore[no-untyped-def]
+        if self._accepted:
+            connection.execute(
+                update(outbox).where(outbox.c.id == bindparam("oid"), outbox.c.state == "sending")
+                .values(state="sent", provider_message_id=bindparam("mid"), sent_at=now, updated_at=now, error=None),
+                [{"oid": oid, "mid": mid} for oid, mid in self._accepted],
+            )
+            self._accepted = []
 
 
 @dataclass(frozen=True)
@@ -427,18 +503,41 @@ class ReconcileReport:
 
 
 def reconcile(engine: Engine, *, year: int, stale_after: dt.timedelta = SENDING_LEASE,
-              release: bool = False) -> ReconcileReport:
+              release: bool = False, mailbox: Mailbox | None = None) -> ReconcileReport:
     """Resolve ``unknown`` rows from the webhook events recorded for them (by outbox id from ``custom_args``,
     or by the provider's message id): an event that proves acceptance makes them ``sent``; ``dropped`` makes
     them ``failed``. With ``release``, the rest go back to ``pending``: the operator has checked the provider's
-    activity feed and states they were not sent."""
+    activity feed and states they were not sent.
+
+    ``mailbox``: a backend that can tell for certain which messages it holds (the Maildir): each unknown row is
+    ``sent`` if its message is there, else back to ``pending``, with or without ``release``."""
     expire_sending(engine, year=year, older_than=stale_after)
     round_id = _round_row(engine, year).id
     now = utcnow()
     unknown = and_(outbox.c.round_id == round_id, outbox.c.state == "unknown")
+    mailbox_sent = mailbox_released = 0
+    if mailbox is not None:
+        with engine.connect() as connection:
+            rows = connection.execute(select(outbox.c.id, outbox.c.batch_key).where(unknown)).all()
+        found = mailbox.written([(row.id, row.batch_key or "") for row in rows])
+        with engine.begin() as connection:
+            for ids, values in (
+                (sorted(found), {"state": "sent", "error": None, "sent_at": now}),
+                (sorted({row.id for row in rows} - found.keys()),
+                 {"state": "pending", "error": "not in the mailbox: released", "provider_message_id": None}),
+            ):
+                if ids:
+                    done = connection.execute(
+                        update(outbox).where(outbox.c.id.in_(bindparam("ids", expanding=True)),
+                                             outbox.c.state == "unknown").values(updated_at=now, **values),
+                        {"ids": ids}).rowcount
+                    if values["state"] == "sent":
+                        mailbox_sent += done
+                    else:
+                        mailbox_released += done
     by_outbox_id = exists().where(events.c.outbox_id == outbox.c.id, events.c.event.in_(ACCEPTED_EVENTS))
     by_message_id = and_(
-        outbox.c.provider_message_id.is_not(None),
+        outbox.c.provider_message_id.is_not(None), outbox.c.provider_message_id != "",  # "": never handed over
         exists().where(events.c.provider_message_id.like(outbox.c.provider_message_id + "%"),
                        events.c.email == outbox.c.recipient, events.c.event.in_(ACCEPTED_EVENTS)),
     )
@@ -458,7 +557,7 @@ def reconcile(engine: Engine, *, year: int, stale_after: dt.timedelta = SENDING_
                 update(outbox).where(unknown).values(state="pending", error=None, updated_at=now)
             ).rowcount
         left = connection.scalars(select(outbox.c.id).where(unknown).order_by(outbox.c.id)).all()
-    return ReconcileReport(sent, failed, released, len(left), list(left))
+    return ReconcileReport(sent + mailbox_sent, failed, released + mailbox_released, len(left), list(left))
 
 
 def report(engine: Engine, *, year: int, kind: str, sequence: int | None, note: str = "") -> MailReport:
@@ -543,7 +642,7 @@ def count_states(engine: Engine, *, year: int) -> dict[tuple[str, int, str], int
 
 
 __all__ = [
-    "BatchOutcome", "ClaimedBatch", "MailReport", "PlannedMail", "ReconcileReport", "claim", "claim_rows",
+    "BatchOutcome", "ClaimedBatch", "MailReport", "Mailbox", "MessageProgress", "PlannedMail", "ReconcileReport", "claim", "claim_rows",
     "delivery_table", "due_reminder", "expire_sending", "plan", "reconcile", "record", "reminder_sequence", "report",
     "settled_fraction",
 ]

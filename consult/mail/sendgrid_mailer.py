@@ -117,7 +117,8 @@ class SendGridMailer:
         _GATE.wait(self.host)
         return self._client.client.mail.send.post(request_body=body, timeout=self.timeout)
 
-    def send(self, batch: OutgoingBatch) -> BatchResult:
+    def send(self, batch: OutgoingBatch, progress: object = None) -> BatchResult:
+        # One request for the whole batch: per-message progress does not apply (its rows are settled together).
         result = BatchResult()
         remaining = list(batch.recipients)
         # SendGrid refuses the whole request when one address is bad and names it: take the named ones out and

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import smtplib
 import ssl
+from email.errors import MessageError
 
 from pydantic import SecretStr
 
 from consult.errors import ConsultError
 from consult.mail.message import BatchResult, OutgoingBatch, TransientMailError, build_email
+from consult.mail.outbox import MessageProgress
 
 
 class SmtpMailer:
     name = "smtp"
+    per_message = True  # reports each message to MessageProgress
 
     def __init__(
         self,
@@ -51,12 +54,18 @@ class SmtpMailer:
             raise TransientMailError(f"SMTP server {self.host}:{self.port}: {error}") from error
         return connection
 
-    def send(self, batch: OutgoingBatch) -> BatchResult:
+    def send(self, batch: OutgoingBatch, progress: MessageProgress | None = None) -> BatchResult:
         result = BatchResult()
         connection = self._connect()
         try:
             for recipient in batch.recipients:
-                message = build_email(batch, recipient, message_id_domain=batch.sender.email.rpartition("@")[2])
+                try:
+                    message = build_email(batch, recipient, message_id_domain=batch.sender.email.rpartition("@")[2])
+                except (ValueError, TypeError, MessageError) as error:  # one unbuildable message fails alone
+                    result.rejected[recipient.outbox_id] = f"message cannot be built: {error}"
+                    continue
+                if progress is not None:
+                    progress.handing_over(recipient.outbox_id, message["Message-ID"])
                 try:
                     refused = connection.send_message(message)
                 except smtplib.SMTPRecipientsRefused as error:
@@ -90,6 +99,8 @@ class SmtpMailer:
                     result.rejected[recipient.outbox_id] = f"SMTP refused: {refused}"
                 else:
                     result.accepted[recipient.outbox_id] = message["Message-ID"]
+                    if progress is not None:
+                        progress.accepted(recipient.outbox_id, message["Message-ID"])
         finally:
             try:
                 connection.quit()

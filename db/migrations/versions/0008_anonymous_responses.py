@@ -1,7 +1,7 @@
 """responses of anonymous rounds: no partnership, the survey tool's response id instead
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-02
 
 A round whose questionnaire matches by ``response_id`` (an anonymous consultation) stores responses that belong
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0008'
-down_revision = '0005'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 

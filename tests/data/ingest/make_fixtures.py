@@ -35,7 +35,7 @@ def main() -> None:
     sheet.append(HEADER)
     for row in ROWS:
         token_at = HEADER.index("token")
-        sheet.append([*row[:token_at], derive_token(SECRET, 2019, row[token_at]), *row[token_at + 1 :]])
+        sheet.append([*row[:token_at], derive_token(SECRET, 2019, row[token_at], "alnum"), *row[token_at + 1 :]])
     workbook.save(HERE / "limesurvey-2019.xlsx")
 
 
