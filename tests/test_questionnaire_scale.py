@@ -94,7 +94,7 @@ def test_scale_answers_are_read_as_number_full_text_or_label_and_checked_against
     rows = ["4", "5 - A great extent", "a great extent", " 3.0 ", "7", "great", "", "1 – Very dissatisfied", "3.5"]
     index = pd.Index(range(2, 2 + len(rows)), name="row_number")
     cells = pd.DataFrame({"token": "", "partnership_id": [f"P-{i}" for i in range(len(rows))], "email": "",
-                          "submitted_at": "2030-01-01", "complete": True, "satisfaction": rows}, index=index)
+                          "submitted_at": "2024-01-01", "complete": True, "satisfaction": rows}, index=index)
     typed = normalise(cells, questionnaire).typed
     assert typed["satisfaction"].astype(object).where(typed["satisfaction"].notna(), None).tolist() == [
         "4", "5", "5", "3", "7", "great", None, "1", "3.5"]

@@ -21,17 +21,15 @@ branch_labels = None
 depends_on = None
 
 
+# Plain ALTER TABLE, no batch copy: SQLite (3.35+) adds and drops these columns in place, whereas copying
+# ``rounds`` drops the old table, and its ON DELETE CASCADE foreign keys would empty round_participants and outbox.
 def upgrade() -> None:
-    with op.batch_alter_table('rounds') as batch:
-        batch.add_column(sa.Column('token_scheme', sa.String(16), nullable=False, server_default='b64url'))
-        batch.add_column(sa.Column('token_fingerprint', sa.String(64), nullable=True))
-    with op.batch_alter_table('ingested_files') as batch:
-        batch.add_column(sa.Column('token_storage', sa.String(16), nullable=True))
+    op.add_column('rounds', sa.Column('token_scheme', sa.String(16), nullable=False, server_default='b64url'))
+    op.add_column('rounds', sa.Column('token_fingerprint', sa.String(64), nullable=True))
+    op.add_column('ingested_files', sa.Column('token_storage', sa.String(16), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('ingested_files') as batch:
-        batch.drop_column('token_storage')
-    with op.batch_alter_table('rounds') as batch:
-        batch.drop_column('token_fingerprint')
-        batch.drop_column('token_scheme')
+    op.drop_column('ingested_files', 'token_storage')
+    op.drop_column('rounds', 'token_fingerprint')
+    op.drop_column('rounds', 'token_scheme')
