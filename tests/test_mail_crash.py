@@ -103,22 +103,27 @@ def _assert_one_each_or_unknown(received: Counter[str], emails: list[str], unkno
             assert received[address] == 1, (address, received[address])
 
 
-@pytest.mark.parametrize("kill_at", [1, 14, 33])
-def test_invite_killed_while_writing_the_maildir_ends_with_exactly_one_invitation_each(
-        engine, settings, crash_round, kill_at):
-    """`consult invite` is killed (SIGKILL) once the Maildir holds `kill_at` messages. Re-running it, then
-    `reconcile --stale-after 0` (the Maildir says for certain which messages it holds) and `invite` again leaves
-    every contact exactly one invitation, and no message of unknown fate."""
-    new = settings.resolved_mailbox_dir / "new"
-    process = subprocess.Popen([CONSULT, "invite", "2019"], env=_environment(), cwd=REPO_ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+def _kill_once_the_maildir_holds(command: list[str], maildir: Path, kill_at: int, *, timeout: float) -> None:
+    """Run ``command`` and SIGKILL it as soon as ``maildir`` holds ``kill_at`` messages; it must not finish first."""
+    new = maildir / "new"
+    process = subprocess.Popen(command, env=_environment(), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
     while process.poll() is None and time.time() < deadline:
         if new.is_dir() and len(os.listdir(new)) >= kill_at:
             os.kill(process.pid, signal.SIGKILL)
             break
         time.sleep(0.001)
     assert process.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+
+
+@pytest.mark.parametrize("kill_at", [1, 14, 33])
+def test_invite_killed_while_writing_the_maildir_ends_with_exactly_one_invitation_each(
+        engine, settings, crash_round, kill_at):
+    """`consult invite` is killed (SIGKILL) once the Maildir holds `kill_at` messages. Re-running it, then
+    `reconcile --stale-after 0` (the Maildir says for certain which messages it holds) and `invite` again leaves
+    every contact exactly one invitation, and no message of unknown fate."""
+    _kill_once_the_maildir_holds([CONSULT, "invite", "2019"], settings.resolved_mailbox_dir, kill_at, timeout=120)
     at_kill = sum(_maildir_recipients(settings.resolved_mailbox_dir).values())
     assert kill_at <= at_kill < len(crash_round)
 
@@ -267,17 +272,7 @@ def test_publish_send_to_killed_mid_run_ends_with_one_summary_each_or_reported_u
     kill_at = 11
     command = [CONSULT, "publish", "2019", "--send-to", str(path), "--out", str(out)]
     if backend == "mailbox":
-        env: dict[str, str] = {}
-        process = subprocess.Popen(command, env=_environment(), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-        new = settings.resolved_mailbox_dir / "new"
-        deadline = time.time() + 180
-        while process.poll() is None and time.time() < deadline:
-            if new.is_dir() and len(os.listdir(new)) >= kill_at:
-                os.kill(process.pid, signal.SIGKILL)
-                break
-            time.sleep(0.001)
-        assert process.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+        _kill_once_the_maildir_holds(command, settings.resolved_mailbox_dir, kill_at, timeout=180)
         publish_and_send_summary(2019, str(path), str(out))
         result = outbox.reconcile(engine, year=2019, stale_after=dt.timedelta(0),
                                   mailbox=MailboxMailer(settings.resolved_mailbox_dir))

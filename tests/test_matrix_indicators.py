@@ -24,12 +24,17 @@ def complete_rows(path: Path) -> list[dict[str, str]]:
         return [row for row in csv.DictReader(handle) if row["Completed"].strip()]
 
 
-def test_matrix_rows_are_published_like_scale_and_select_questions(engine, settings, panel):
+def limesurvey_report(engine, settings):  # type: ignore[no-untyped-def]
+    """The real LimeSurvey export ingested into its anonymous 2013 round, and that round's indicators."""
     year = open_tool_round(engine, settings, REAL / "limesurvey" / "questionnaire.yaml", 2013, dt.date(2013, 12, 31))
     ingest(settings, year, LIMESURVEY)
-    rows = complete_rows(LIMESURVEY)
     with session_scope(engine) as session:
-        report = compute_report(session, year)
+        return compute_report(session, year)
+
+
+def test_matrix_rows_are_published_like_scale_and_select_questions(engine, settings, panel):
+    report = limesurvey_report(engine, settings)
+    rows = complete_rows(LIMESURVEY)
     for sub in ("SQ001", "SQ002", "SQ003"):
         values = [AGREEMENT[row[f"0019 [{sub}]"]] for row in rows if row[f"0019 [{sub}]"] in AGREEMENT]
         counts = Counter(values)
@@ -47,11 +52,8 @@ def test_matrix_rows_are_published_like_scale_and_select_questions(engine, setti
 
 
 def test_summary_shows_a_small_table_per_matrix(engine, settings, panel):
-    year = open_tool_round(engine, settings, REAL / "limesurvey" / "questionnaire.yaml", 2013, dt.date(2013, 12, 31))
-    ingest(settings, year, LIMESURVEY)
+    report = limesurvey_report(engine, settings)
     rows = complete_rows(LIMESURVEY)
-    with session_scope(engine) as session:
-        report = compute_report(session, year)
     table = matrix_table(report, report.questionnaire.question("0016"))
     assert [cell.text for cell in table.columns][1:5] == ["I pay", "State / 3rd party pays", "I don't have it",
                                                           "Answering"]
@@ -67,10 +69,7 @@ def test_summary_of_an_anonymous_round_with_matrices_renders(engine, settings, p
     table in it."""
     from consult.publish import render_files
 
-    year = open_tool_round(engine, settings, REAL / "limesurvey" / "questionnaire.yaml", 2013, dt.date(2013, 12, 31))
-    ingest(settings, year, LIMESURVEY)
-    with session_scope(engine) as session:
-        report = compute_report(session, year)
+    report = limesurvey_report(engine, settings)
     files = render_files(report)
     html = next(text for name, text in files.items() if name.endswith(".html"))
     assert 'id="matrix-0016"' in html or "matrix-0016" in html
@@ -80,11 +79,8 @@ def test_summary_of_an_anonymous_round_with_matrices_renders(engine, settings, p
 
 
 def test_anonymous_free_text_answers_are_quoted(engine, settings, panel):
-    year = open_tool_round(engine, settings, REAL / "limesurvey" / "questionnaire.yaml", 2013, dt.date(2013, 12, 31))
-    ingest(settings, year, LIMESURVEY)
+    report = limesurvey_report(engine, settings)
     expected = {row["0006"].strip() for row in complete_rows(LIMESURVEY) if row["0006"].strip()}
-    with session_scope(engine) as session:
-        report = compute_report(session, year)
     assert {story.text for story in report.stories if story.question == "0006"} == expected
 
 
