@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import warm_consult
 from tests.conftest import EXAMPLES
 
 CONSULT = str(Path(sys.executable).parent / "consult")
@@ -22,8 +23,7 @@ COMMANDS = [
 def consult(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {key: value for key, value in os.environ.items() if not key.startswith("CONSULT_")}
     base |= {"CONSULT_DATA_DIR": str(cwd / "data"), "CONSULT_OUTPUT_DIR": str(cwd / "output")}
-    return subprocess.run([CONSULT, *args], cwd=cwd, env=base | (env or {}), capture_output=True, text=True,
-                          timeout=120, check=False)
+    return warm_consult.run_consult(list(args), cwd=cwd, env=base | (env or {}), timeout=120)
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)

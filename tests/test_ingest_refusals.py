@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from db.models import IngestedFile, QuarantinedRow, Response
+from tests import warm_consult
 from tests.conftest import EXAMPLES
 
 CONSULT = str(Path(sys.executable).parent / "consult")
@@ -23,12 +24,12 @@ HEADER = (EXAMPLES / "responses-2019.csv").read_text(encoding="utf-8").splitline
 
 
 def run_consult(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The real command line in a child process, on the test's database and the session's Prefect server."""
+    """The real command line in a child process (started warm, tests/warm_consult.py), on the test's database
+    and the session's Prefect server."""
     from prefect.settings import PREFECT_API_URL
 
     env = dict(os.environ) | {"PREFECT_API_URL": str(PREFECT_API_URL.value())} | (env or {})
-    return subprocess.run([CONSULT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
-                          check=False)
+    return warm_consult.run_consult(list(args), cwd=cwd, env=env, timeout=300)
 
 
 def counts(engine: Engine) -> tuple[int, int, int]:
