@@ -107,9 +107,16 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def prefect_server_url() -> str:
-    """The session's Prefect server (started in pytest_configure): flows run in tests report to it."""
-    return os.environ["PREFECT_API_URL"]
+def prefect_server_url() -> Iterator[str]:
+    """The session's Prefect server (started in pytest_configure): flows run in tests report to it.
+
+    Flow runs in tests send no heartbeats: each run's heartbeat thread sleeps in 1 s steps and the run waits
+    for it to stop, which costs about half a second per flow run (no test is about heartbeats; a deployed
+    run still sends them)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield os.environ["PREFECT_API_URL"]
 
 
 def _sqlite_template(directory: Path) -> Path:

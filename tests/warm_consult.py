@@ -221,6 +221,10 @@ def _serve() -> None:
         importlib.import_module(module)
     import gc
 
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    # As in the test process (tests/conftest.py): no heartbeat thread for the run to wait for at its end.
+    temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}).__enter__()
     gc.collect()
     gc.freeze()  # what the zygote imported is never collected in a child: its pages stay shared, not copied
     print(json.dumps({"ready": True}), flush=True)
