@@ -9,6 +9,7 @@ every `consult` subprocess as PREFECT_API_URL; a flow-free process never starts 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import uuid
@@ -151,30 +152,34 @@ def database_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
         admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path, database_templates: dict[str, object],
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A freshly migrated database: a SQLite file, or a new PostgreSQL database dropped afterwards; both copied
-    from a template migrated once per test process (migrating takes ~1 s, copying a few ms)."""
-    if request.param == "sqlite":
+DATABASE_KINDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@contextlib.contextmanager
+def fresh_database(kind: str, templates: dict[str, object], tmp_path_factory: pytest.TempPathFactory,
+                   folder: Path) -> Iterator[str]:
+    """A freshly migrated database: a SQLite file in ``folder``, or a new PostgreSQL database dropped
+    afterwards; both copied from a template migrated once per test process (migrating takes ~1 s, copying a
+    few ms)."""
+    if kind == "sqlite":
         import shutil
 
-        if "sqlite" not in database_templates:
-            database_templates["sqlite"] = _sqlite_template(tmp_path_factory.mktemp("template"))
-        shutil.copyfile(database_templates["sqlite"], tmp_path / "consult.db")  # type: ignore[arg-type]
-        url = f"sqlite:///{tmp_path / 'consult.db'}"
+        if "sqlite" not in templates:
+            templates["sqlite"] = _sqlite_template(tmp_path_factory.mktemp("template"))
+        shutil.copyfile(templates["sqlite"], folder / "consult.db")  # type: ignore[arg-type]
+        url = f"sqlite:///{folder / 'consult.db'}"
         yield url
         get_engine(url).dispose()
         return
     reason = postgres_skip_reason()
     if reason:
         pytest.skip(reason)
-    if "postgresql" not in database_templates:
-        database_templates["postgresql"] = _postgres_template()
+    if "postgresql" not in templates:
+        templates["postgresql"] = _postgres_template()
     name = f"consult_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{database_templates["postgresql"]}"'))
+        connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{templates["postgresql"]}"'))
     url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     try:
         yield url
@@ -183,6 +188,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, database_templates: d
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(params=DATABASE_KINDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, database_templates: dict[str, object],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A freshly migrated database per test, on SQLite and on PostgreSQL."""
+    with fresh_database(request.param, database_templates, tmp_path_factory, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
