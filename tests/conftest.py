@@ -76,11 +76,14 @@ def pytest_configure(config: pytest.Config) -> None:
     from tests.prefect_server import PrefectServer
 
     home = Path(tempfile.mkdtemp(prefix="consult-test-prefect-"))
-    server = PrefectServer(home=home).start(timeout=180)
+    # Started without waiting: the ~10 s it takes to migrate its database overlap collection; the first test
+    # of each process waits for it (prefect_server_url).
+    server = PrefectServer(home=home).start(wait=False)
     config.add_cleanup(lambda: shutil.rmtree(home, ignore_errors=True))
     config.add_cleanup(server.stop)
     os.environ["PREFECT_API_URL"] = server.api_url
     os.environ["CONSULT_TEST_PREFECT_SERVER"] = server.api_url
+    os.environ["CONSULT_TEST_PREFECT_LOG"] = str(server.log_path)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -116,6 +119,9 @@ def prefect_server_url() -> Iterator[str]:
     run still sends them)."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
+    from tests.prefect_server import wait_until_healthy
+
+    wait_until_healthy(os.environ["PREFECT_API_URL"], log=os.environ.get("CONSULT_TEST_PREFECT_LOG"))
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield os.environ["PREFECT_API_URL"]
 
