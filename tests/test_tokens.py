@@ -51,20 +51,21 @@ def test_the_secret_file_is_created_private_with_32_random_bytes(tmp_path):
 def test_concurrent_first_runs_agree_on_one_secret(tmp_path):
     """Six processes creating the secret at the same moment all end up with the same one, 8 times over."""
     script = textwrap.dedent("""
-        import sys, time
+        import os, sys, time
         from pathlib import Path
         from consult.settings import load_or_create_secret
-        start = float(sys.argv[2])
-        time.sleep(max(0.0, start - time.time()))
+        print("ready", flush=True)
+        while not os.path.exists(sys.argv[2]):  # all six go at once, once all six have imported
+            time.sleep(0.0005)
         print(load_or_create_secret(Path(sys.argv[1])).decode())
     """)
-    import time
-
     for trial in range(8):
         path = tmp_path / f"trial-{trial}" / "token-secret"
-        start = time.time() + 4
-        runs = [subprocess.Popen([sys.executable, "-c", script, str(path), str(start)], cwd=REPO_ROOT,
+        go = tmp_path / f"go-{trial}"
+        runs = [subprocess.Popen([sys.executable, "-c", script, str(path), str(go)], cwd=REPO_ROOT,
                                  stdout=subprocess.PIPE, text=True) for _ in range(6)]
+        assert [run.stdout.readline().strip() for run in runs] == ["ready"] * 6  # type: ignore[union-attr]
+        go.touch()
         secrets_seen = {run.communicate(timeout=60)[0].strip() for run in runs}
         assert len(secrets_seen) == 1 and len(next(iter(secrets_seen))) == 64
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
