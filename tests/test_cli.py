@@ -46,6 +46,7 @@ def test_a_command_before_the_schema_exists_says_to_upgrade(tmp_path):
     assert "has no schema yet: run `consult db upgrade` first" in line
 
 
+@pytest.mark.slow
 def test_operations_staff_can_open_a_round_and_export_tokens(tmp_path):
     """The documented sequence works from the shell: upgrade, import, open, participants."""
     assert consult("db", "upgrade", cwd=tmp_path).returncode == 0

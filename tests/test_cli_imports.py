@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import EXAMPLES
 
 # Runs each command of argv[1] (a JSON list of argument lists) in one fresh interpreter, as `consult` would,
@@ -43,6 +45,7 @@ DATABASE_ONLY = [
 ]
 
 
+@pytest.mark.slow
 def test_database_only_commands_do_not_import_prefect(tmp_path: Path) -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("CONSULT_", "PREFECT_API"))}
     env |= {"CONSULT_DATA_DIR": str(tmp_path / "data"), "CONSULT_OUTPUT_DIR": str(tmp_path / "output")}

@@ -21,6 +21,8 @@ from consult.cli import app
 from consult.settings import EXAMPLES_DIR
 from tests.conftest import DATABASE_KINDS, TEST_TOKEN_SECRET, fresh_database
 
+pytestmark = pytest.mark.slow
+
 CLUSTERS = EXAMPLES_DIR / "clusters"
 LABELS = {1: "Very dissatisfied", 2: "Dissatisfied", 3: "Neutral", 4: "Satisfied", 5: "Very satisfied"}
 SUPPORT = {2023: ["helpdesk", "partner_search", "eu_calls", "matchmaking", "training"],

@@ -31,6 +31,8 @@ from tests.conftest import REPO_ROOT
 from tests.mail_servers import SendGridStub, SmtpCatcher, WebhookSigner
 from tests.warm_consult import start_consult
 
+pytestmark = pytest.mark.slow
+
 PARTNERSHIPS = 40  # two contacts each: room after the last kill point, however fast the run goes
 BATCH_SIZE = 6
 
