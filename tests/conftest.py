@@ -119,8 +119,10 @@ def prefect_server_url() -> Iterator[str]:
     run still sends them)."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
+    from tests import warm_consult
     from tests.prefect_server import wait_until_healthy
 
+    warm_consult.prestart()  # imports in the background while the server finishes starting
     wait_until_healthy(os.environ["PREFECT_API_URL"], log=os.environ.get("CONSULT_TEST_PREFECT_LOG"))
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield os.environ["PREFECT_API_URL"]
