@@ -1,9 +1,10 @@
-"""Real survey-tool exports ingested as exported: LimeSurvey, Qualtrics, ODK Central, KoBoToolbox (and EUSurvey's
-results XML, after its export code), each with a questionnaire written for it, in anonymous rounds.
+"""Real survey-tool exports ingested as exported: LimeSurvey, Qualtrics, ODK Central, KoBoToolbox (two exports, one
+with a select_multiple) and EUSurvey's results XML (a real one, and one constructed after its export code), each
+with a questionnaire written for it, in anonymous rounds.
 
 The files are public exports nobody here wrote, copied byte for byte (sources: tests/data/real/SOURCES.md; each
 test names its file's repository, path and commit). Expected values are read from the files with the standard
-library's csv/zipfile modules and the tools' documented meanings, never from the code under test."""
+library's csv/zipfile/ElementTree modules and the tools' documented meanings, never from the code under test."""
 
 from __future__ import annotations
 
@@ -317,9 +318,9 @@ def test_real_eusurvey_results_xml_keeps_choices_matrix_rows_and_ratings(engine,
 def test_eusurvey_table_cells_keep_the_text_typed_in_them():
     """A table question's answers carry the text typed in each cell: it is kept per row and column, not replaced
     by the column's name."""
-    from consult.ingest.tools import read_eusurvey_xml
-
     from xml.etree import ElementTree
+
+    from consult.ingest.tools import read_eusurvey_xml
 
     table, _ = read_eusurvey_xml(EUSURVEY_REAL)
     root = ElementTree.parse(EUSURVEY_REAL).getroot()
@@ -409,6 +410,21 @@ def test_refused_when_a_partnership_round_gets_an_anonymous_export():
     how to make the round anonymous."""
     message = one_line_refusal(QUALTRICS, Path("examples/escp4i/questionnaire-2019.yaml"))
     assert "no recognisable question column" in message or "match_by: [response_id]" in message
+
+
+@pytest.mark.parametrize("path", [KOBO_MULTIPLE, EUSURVEY_REAL], ids=["kobo-select-multiple", "eusurvey-xml"])
+def test_real_export_given_to_a_partnership_round_is_refused_in_one_line(path):
+    """The reference round matches partnerships by token: an anonymous export has no question of it, and the one
+    line says which file and why."""
+    message = one_line_refusal(path, Path("examples/escp4i/questionnaire-2019.yaml"))
+    assert "no recognisable question column" in message
+
+
+def test_real_eusurvey_export_given_to_another_anonymous_round_names_its_questions(tmp_path):
+    """An EUSurvey export read for a questionnaire none of whose codes it holds: refused, naming the codes
+    expected and the first headings found."""
+    message = one_line_refusal(EUSURVEY_REAL, CONSTRUCTED / "eusurvey" / "questionnaire.yaml")
+    assert "expected some of satisfaction, usefulness" in message and "Contribution Id" in message
 
 
 def test_refused_when_an_anonymous_round_gets_a_file_without_response_ids(tmp_path):

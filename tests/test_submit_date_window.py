@@ -41,7 +41,8 @@ def test_quarantined_row_accepted_with_a_late_date_carries_the_window_warning(en
                                                                               tmp_path):
     """The analyst's fix goes through the same checks as a file: a date from before 2000 is still refused, one
     after the round closed is accepted and flagged."""
-    ingest(settings, 2019, write_csv(tmp_path, "placeholder.csv", f"ESCP4I-01,{GOOD.replace('2019-04-01T10:00:00', '1980-01-01T00:00:00')}"))
+    placeholder = GOOD.replace("2019-04-01T10:00:00", "1980-01-01T00:00:00")
+    ingest(settings, 2019, write_csv(tmp_path, "placeholder.csv", f"ESCP4I-01,{placeholder}"))
     [row] = quarantined(engine)
     assert row.reasons[0]["rule"] == "submit_date"
     with pytest.raises(ConsultError, match=r"still invalid: submitted_at: '1999-12-31T23:00:00'.*from 2000"):
@@ -57,9 +58,11 @@ def test_form_submission_after_the_close_date_is_flagged_one_before_is_not(engin
     the window warning, in the response and in the form file's report; one posted before the close is not."""
     from consult.form.submissions import cells_from_fields, find_participant, questionnaire_of, submit
     from consult.tokens import derive_token
-    from tests.test_form_http import ENGLISH, FRENCH, GOOD as FORM_GOOD
+    from tests.test_form_http import ENGLISH, FRENCH
+    from tests.test_form_http import GOOD as FORM_GOOD
 
-    stamps = {ENGLISH: dt.datetime(2019, 6, 1, 9, 0, tzinfo=dt.UTC), FRENCH: dt.datetime(2019, 7, 2, 9, 0, tzinfo=dt.UTC)}
+    stamps = {ENGLISH: dt.datetime(2019, 6, 1, 9, 0, tzinfo=dt.UTC),
+              FRENCH: dt.datetime(2019, 7, 2, 9, 0, tzinfo=dt.UTC)}
     outcomes = {}
     for code, stamp in stamps.items():
         with session_scope(engine) as session:
