@@ -8,8 +8,9 @@ Each tool writes its own identity and completeness columns, and some add rows or
   (``How much ...? [Row text]``);
 - **Qualtrics** (CSV): three header rows (codes, question texts, ``{"ImportId": ...}``); ``ResponseId``;
   ``Finished`` (1/0 or True/False), ``Progress`` and ``RecordedDate``;
-- **KoBoToolbox** (XLSX/CSV): ``_id``, ``_uuid``, ``_submission_time``; group paths joined with ``/``;
-  ``select_multiple`` answers space-separated, or split into ``question/choice`` columns;
+- **KoBoToolbox** (XLSX/CSV): ``_id``, ``_uuid``, ``_submission_time``; group paths joined with ``/`` (or the
+  ``.`` an export may be made with); ``select_multiple`` answers space-separated, or split into
+  ``question/choice`` columns (joined with the same separator);
 - **ODK Central** (CSV): ``SubmissionDate``, ``KEY`` and ``meta-instanceID``; group paths joined with ``-``;
   ``select_multiple`` space-separated; rows may stop short of the header (missing trailing cells are empty);
 - **EUSurvey**: XLSX with metadata rows above a ``Contribution Id`` header, or the results XML
@@ -132,8 +133,8 @@ def recognise(cells: pd.DataFrame, file_format: str) -> Recognised:
 
 def kobo_group_separator(columns: list[str]) -> str:
     """The group separator a KoBo export was made with: ``/`` by default, ``.`` when the person exporting chose
-    it (older exports and the ``kc`` CSV API use it). Told from the question headings (KoBo's own ``_``
-    columns aside): the mark that joins more of them wins, ``/`` when none is joined."""
+    it (KoBo asks for one). Told from the question headings (KoBo's own ``_`` columns aside): the mark that
+    joins more of them wins, ``/`` when none is joined."""
     questions = [column for column in columns if not column.startswith("_")]
     slashes = sum("/" in column for column in questions)
     dots = sum("." in column for column in questions)
