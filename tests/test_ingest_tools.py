@@ -1,9 +1,10 @@
-"""Real survey-tool exports ingested as exported: LimeSurvey, Qualtrics, ODK Central, KoBoToolbox (and EUSurvey's
-results XML, after its export code), each with a questionnaire written for it, in anonymous rounds.
+"""Real survey-tool exports ingested as exported: LimeSurvey, Qualtrics, ODK Central, KoBoToolbox (two exports, one
+with a select_multiple) and EUSurvey's results XML (a real one, and one constructed after its export code), each
+with a questionnaire written for it, in anonymous rounds.
 
 The files are public exports nobody here wrote, copied byte for byte (sources: tests/data/real/SOURCES.md; each
 test names its file's repository, path and commit). Expected values are read from the files with the standard
-library's csv/zipfile modules and the tools' documented meanings, never from the code under test."""
+library's csv/zipfile/ElementTree modules and the tools' documented meanings, never from the code under test."""
 
 from __future__ import annotations
 
@@ -38,8 +39,15 @@ ODK = REAL / "odk_central" / "build_Flora-Quadrat-0-4_1564384341.csv"
 # Project_Overview_-_latest_version_-_False_-_2024-03-14-14-17-01.xlsx, commit 543f092dc28262c9400a63834ac91def0bfb42c5
 KOBO = REAL / "kobo" / "Project_Overview_-_latest_version_-_False_-_2024-03-14-14-17-01.xlsx"
 # Constructed after EUSurvey/EUSURVEY src/main/java/com/ec/survey/tools/export/XmlExportCreator.java
-# (commit 012d23f12f019b99f82c74ec34b2eda1036630a1): no public results XML was found.
+# (commit 012d23f12f019b99f82c74ec34b2eda1036630a1), with short names of its own and three answer sets.
 EUSURVEY_XML = CONSTRUCTED / "eusurvey" / "results.xml"
+# hades646/EUSurveyQlikConnectorDocs, doc/survey-test-qlik/result.xml, commit 71b4561aa425ae58c47acb47ee9d126c570a3001
+# (sha256 04c6f2f3...): EUSurvey's own results XML of a test survey, 7 contributions.
+EUSURVEY_REAL = REAL / "eusurvey" / "result.xml"
+# Edouard-Legoupil/kobocruncher, inst/data.xlsx, commit 3c9ea0f545d611c823a2e5abf37fd4eedd1d8c4c (sha256
+# da5b809e...; that version as exported: the next commit re-saved it in ONLYOFFICE with edited dates): a KoBoToolbox
+# XLSX export, a select_multiple written whole (space-separated) and split into 1/0 columns, "." group separator.
+KOBO_MULTIPLE = REAL / "kobo_select_multiple" / "data.xlsx"
 
 
 def open_tool_round(engine, settings, questionnaire: Path, year: int, closes_on: dt.date) -> int:
@@ -182,15 +190,17 @@ def test_odk_central_export_with_rows_shorter_than_its_header(engine, settings, 
 
 
 def kobo_rows(path: Path) -> list[dict[str, str]]:
-    """The first sheet's shared strings and cells, read with zipfile and ElementTree (no openpyxl)."""
+    """The first sheet's cells (shared or inline strings, raw numbers), read with zipfile and ElementTree (no
+    openpyxl)."""
     import re
     import zipfile
     from xml.etree import ElementTree
 
     ns = {"m": "http://schemas.openxmlformats.org/spreadsheetml/2006/main"}
     with zipfile.ZipFile(path) as book:
+        strings = book.read("xl/sharedStrings.xml") if "xl/sharedStrings.xml" in book.namelist() else b"<sst/>"
         shared = [("".join(t.text or "" for t in si.iter(f"{{{ns['m']}}}t")))
-                  for si in ElementTree.fromstring(book.read("xl/sharedStrings.xml")).findall("m:si", ns)]
+                  for si in ElementTree.fromstring(strings).findall("m:si", ns)]
         sheet = ElementTree.fromstring(book.read("xl/worksheets/sheet1.xml"))
     table: list[dict[str, str]] = []
     for row in sheet.find("m:sheetData", ns).findall("m:row", ns):
@@ -199,6 +209,8 @@ def kobo_rows(path: Path) -> list[dict[str, str]]:
             column = re.match(r"[A-Z]+", cell.get("r")).group()
             value = cell.find("m:v", ns)
             text = "" if value is None else value.text or ""
+            if cell.get("t") == "inlineStr":
+                text = "".join(t.text or "" for t in cell.iter(f"{{{ns['m']}}}t"))
             cells[column] = shared[int(text)] if cell.get("t") == "s" else text
         table.append(cells)
     header = table[0]
@@ -218,6 +230,109 @@ def test_kobo_xlsx_export_matches_questions_inside_groups(engine, settings, pane
         answers = accepted[record["_id"]].answers
         assert answers["Company_name"] == record["company_details/Company_name"]
         assert answers["Project_name"] == (record.get("project/Project_name") or None)
+
+
+def test_kobo_select_multiple_is_read_whole_and_agrees_with_its_split_columns(engine, settings, panel):
+    """KoBo writes a select_multiple space-separated in one column and as one 1/0 column per choice, here with
+    "." as group separator (profile.reason, profile.reason.safety): the answer is the list of choices, the split
+    columns are not read as questions, and every submission is accepted by its _id."""
+    year = open_tool_round(engine, settings, REAL / "kobo_select_multiple" / "questionnaire.yaml", 2022,
+                           dt.date(2022, 12, 31))
+    records = kobo_rows(KOBO_MULTIPLE)
+    choices = [column.rsplit(".", 1)[1] for column in records[0] if column.startswith("profile.reason.")]
+
+    [summary] = ingest(settings, year, KOBO_MULTIPLE).files
+    assert (summary.layout, summary.rows, summary.accepted, summary.partial, summary.quarantined) == (
+        "kobo", len(records), len(records), 0, 0)
+    accepted = responses_by_key(engine, "accepted")
+    assert set(accepted) == {record["_id"] for record in records}
+    for record in records:
+        answers = accepted[record["_id"]].answers
+        whole = record["profile.reason"].split()
+        assert whole == [choice for choice in choices if record[f"profile.reason.{choice}"] == "1"]
+        assert sorted(answers["reason"]) == sorted(whole)
+        assert answers["location"] == record["location"]
+        assert answers["country"] == record["profile.country"]
+        assert answers["occupation"] == record["profile.occupation"]
+        assert answers["HHSize"] == int(record["profile.HHSize"])
+    with session_scope(engine) as session:
+        report = session.scalar(select(IngestedFile.report))
+    assert report["recognised"] == {"tool": "kobo", "heading_style": "code", "id_column": "_id",
+                                    "completeness_column": "_submission_time",
+                                    "submit_date_column": "_submission_time"}
+    assert report["question_columns"]["reason"] == ["profile.reason"]
+
+
+def eusurvey_answer_sets(path: Path) -> list[dict[str, object]]:
+    """Each contribution of an EUSurvey results XML, read with the standard library: its id, and per question
+    short name (brackets off, as the questionnaire's codes are written) the short names of the chosen answers,
+    or the text written."""
+    from xml.etree import ElementTree
+
+    root = ElementTree.parse(path).getroot()
+    short = {element.get("id"): (element.get("bid") or "").strip("[]") for element in root.find("Survey/Elements")}
+    sets = []
+    for answer_set in root.find("Answers"):
+        found: dict[str, object] = {"id": answer_set.get("id")}
+        for answer in answer_set.findall("Answer"):
+            key = short.get(answer.get("qid"), answer.get("qid"))
+            value = short[answer.get("aid")] if answer.get("aid") else (answer.text or "")
+            found.setdefault(key, []).append(value)  # type: ignore[union-attr]
+        sets.append(found)
+    return sets
+
+
+def test_real_eusurvey_results_xml_keeps_choices_matrix_rows_and_ratings(engine, settings, panel):
+    """EUSurvey's own results XML of a test survey: every contribution is accepted (EUSurvey exports submitted
+    contributions only), single and multiple choices as their short names, the single-choice matrix as its
+    rows, the rating question's items as numbers (EUSurvey writes '3/7'), free text as written."""
+    year = open_tool_round(engine, settings, REAL / "eusurvey" / "questionnaire.yaml", 2021, dt.date(2021, 12, 31))
+    sets = eusurvey_answer_sets(EUSURVEY_REAL)
+
+    [summary] = ingest(settings, year, EUSURVEY_REAL).files
+    assert (summary.layout, summary.rows, summary.accepted, summary.partial, summary.quarantined) == (
+        "eusurvey", len(sets), len(sets), 0, 0)
+    accepted = responses_by_key(engine, "accepted")
+    assert set(accepted) == {found["id"] for found in sets}
+    rows = {"ID12": ("ID17", "ID18", "ID19"), "ID34": ("ID390", "ID391")}
+    for found in sets:
+        answers = accepted[found["id"]].answers
+        assert answers["IDF1"] == found["IDF1"][0]
+        assert answers["IDF2"] == found["IDF2"][0]
+        assert sorted(answers["ID5"]) == sorted(found["ID5"])
+        assert answers["ID8"] == (float(found["ID8"][0]) if "ID8" in found else None)
+        for row in rows["ID12"]:  # a row left unanswered is no answer
+            assert answers[f"ID12[{row}]"] == (found[row][0] if row in found else None), (found["id"], row)
+        for row in rows["ID34"]:
+            stars = int(found[row][0].split("/")[0]) if row in found else None
+            assert answers[f"ID34[{row}]"] == stars, (found["id"], row)
+        assert answers["ID30"] == (found["ID30"][0] if "ID30" in found else None)
+    with session_scope(engine) as session:
+        report = session.scalar(select(IngestedFile.report))
+    assert report["recognised"] == {"tool": "eusurvey", "heading_style": "code", "id_column": "Contribution Id",
+                                    "completeness_column": "Submitted", "submit_date_column": "Submitted"}
+    # The multiple-choice matrix has no place in this questionnaire: its columns are listed as ignored.
+    assert any("ignored" in note and "ID379[ID384]" in note for note in report["notes"])
+
+
+def test_eusurvey_table_cells_keep_the_text_typed_in_them():
+    """A table question's answers carry the text typed in each cell: it is kept per row and column, not replaced
+    by the column's name."""
+    from xml.etree import ElementTree
+
+    from consult.ingest.tools import read_eusurvey_xml
+
+    table, _ = read_eusurvey_xml(EUSURVEY_REAL)
+    root = ElementTree.parse(EUSURVEY_REAL).getroot()
+    short = {element.get("id"): (element.get("bid") or "").strip("[]") for element in root.find("Survey/Elements")}
+    rows = {uid for uid, element in ((e.get("id"), e) for e in root.find("Survey/Elements"))
+            if element.tag == "TableQuestion"}
+    for number, answer_set in enumerate(root.find("Answers"), start=1):
+        for answer in answer_set.findall("Answer"):
+            if answer.get("qid") in rows:
+                column = f"ID20[{short[answer.get('qid')]}][{short[answer.get('aid')]}]"
+                assert table.loc[number, column] == (answer.text or ""), (number, column)
+    assert table.loc[1, "ID20[ID387][ID22]"] == "a,row1"  # row 1, column A of the first contribution
 
 
 def test_eusurvey_results_xml_keeps_its_matrix_as_rows(engine, settings, panel):
@@ -295,6 +410,21 @@ def test_refused_when_a_partnership_round_gets_an_anonymous_export():
     how to make the round anonymous."""
     message = one_line_refusal(QUALTRICS, Path("examples/escp4i/questionnaire-2019.yaml"))
     assert "no recognisable question column" in message or "match_by: [response_id]" in message
+
+
+@pytest.mark.parametrize("path", [KOBO_MULTIPLE, EUSURVEY_REAL], ids=["kobo-select-multiple", "eusurvey-xml"])
+def test_real_export_given_to_a_partnership_round_is_refused_in_one_line(path):
+    """The reference round matches partnerships by token: an anonymous export has no question of it, and the one
+    line says which file and why."""
+    message = one_line_refusal(path, Path("examples/escp4i/questionnaire-2019.yaml"))
+    assert "no recognisable question column" in message
+
+
+def test_real_eusurvey_export_given_to_another_anonymous_round_names_its_questions(tmp_path):
+    """An EUSurvey export read for a questionnaire none of whose codes it holds: refused, naming the codes
+    expected and the first headings found."""
+    message = one_line_refusal(EUSURVEY_REAL, CONSTRUCTED / "eusurvey" / "questionnaire.yaml")
+    assert "expected some of satisfaction, usefulness" in message and "Contribution Id" in message
 
 
 def test_refused_when_an_anonymous_round_gets_a_file_without_response_ids(tmp_path):

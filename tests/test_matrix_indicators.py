@@ -103,3 +103,33 @@ def test_response_form_asks_each_matrix_row_and_the_other_text():
     assert views["0016[SQ002]"].question.kind == "single_select" and "0005[other]" in views
     cells = cells_from_fields(questionnaire, {"0019[SQ001]": ["4"], "0005": ["S05A1"], "0005[other]": ["Gestalt"]})
     assert (cells["0019[SQ001]"], cells["0005"], cells["0005[other]"]) == ("4", "S05A1", "Gestalt")
+
+
+def test_real_eusurvey_matrix_and_rating_rows_are_published(engine, settings, panel):
+    """The real EUSurvey results (hades646/EUSurveyQlikConnectorDocs, doc/survey-test-qlik/result.xml, commit
+    71b4561aa425ae58c47acb47ee9d126c570a3001): the single-choice matrix is counted row by row over its answers,
+    the rating question's items as 1..7 scales (count per star and mean), each read here with ElementTree."""
+    from tests.test_ingest_tools import EUSURVEY_REAL, eusurvey_answer_sets
+
+    year = open_tool_round(engine, settings, REAL / "eusurvey" / "questionnaire.yaml", 2021, dt.date(2021, 12, 31))
+    ingest(settings, year, EUSURVEY_REAL)
+    with session_scope(engine) as session:
+        report = compute_report(session, year)
+    sets = eusurvey_answer_sets(EUSURVEY_REAL)
+    for row in ("ID17", "ID18", "ID19"):
+        counts = Counter(found[row][0] for found in sets if row in found)
+        found = report.stat_rows(f"ID12[{row}]", "count")
+        found = found[found["group"] == ""]
+        assert {k: float(v) for k, v in zip(found["key"], found["value"], strict=True)} == {
+            code: float(counts.get(code, 0)) for code in ("ID14", "ID15", "ID16")}
+    for row in ("ID390", "ID391"):
+        stars = [int(found[row][0].split("/")[0]) for found in sets if row in found]
+        counts = Counter(stars)
+        found = report.stat_rows(f"ID34[{row}]", "count")
+        found = found[found["group"] == ""]
+        assert {str(k): float(v) for k, v in zip(found["key"], found["value"], strict=True)} == {
+            str(value): float(counts.get(value, 0)) for value in range(1, 8)}
+        assert float(report.stat_row(f"ID34[{row}]", "mean")["value"]) == statistics.mean(stars)
+    table = matrix_table(report, report.questionnaire.question("ID12"))
+    assert [cell.text for cell in table.columns][1:5] == ["Answer 1", "Answer 2", "Answer 3", "Answering"]
+    assert table.rows[1][4].text == str(sum("ID18" in found for found in sets))

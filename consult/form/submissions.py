@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from consult.errors import ConsultError
 from consult.ingest.normalise import AnswerWriter, Reason
-from consult.ingest.pipeline import check_rows
+from consult.ingest.pipeline import RoundWindow, check_rows
 from consult.ingest.store import RowsToStore, write_rows
 from consult.ingest.validation import load_suite, previous_limits
 from consult.questionnaire import Question, Questionnaire, parse_questionnaire
@@ -62,10 +62,15 @@ class Participant:
     round_status: str
     closes_on: dt.date
     questionnaire_version_id: int
+    opened_at: dt.datetime
 
     @property
     def is_open(self) -> bool:
         return self.round_status == "open"
+
+    @property
+    def window(self) -> RoundWindow:
+        return RoundWindow(opened=self.opened_at, closes_on=self.closes_on, year=self.year)
 
 
 def find_participant(session: Session, token: str) -> Participant | None:
@@ -74,7 +79,7 @@ def find_participant(session: Session, token: str) -> Participant | None:
     row = session.execute(
         select(
             RoundParticipant.id, Partnership.id, Partnership.code, Partnership.name, Partnership.language,
-            Round.id, Round.year, Round.status, Round.closes_on, Round.questionnaire_version_id,
+            Round.id, Round.year, Round.status, Round.closes_on, Round.questionnaire_version_id, Round.opened_at,
         )
         .join(Partnership, Partnership.id == RoundParticipant.partnership_id)
         .join(Round, Round.id == RoundParticipant.round_id)
@@ -184,6 +189,7 @@ class _Check:
     limits: pd.DataFrame
     questionnaire: Questionnaire
     timezone: str
+    window: RoundWindow
     done: threading.Event = field(default_factory=threading.Event)
     typed: pd.DataFrame | None = None
     errors: list[Reason] = field(default_factory=list)
@@ -225,9 +231,9 @@ class SuiteBatcher:
 
     @staticmethod
     def _run(batch: list[_Check]) -> None:
-        groups: dict[tuple[str, str], list[_Check]] = {}
+        groups: dict[tuple[str, str, RoundWindow], list[_Check]] = {}
         for item in batch:
-            groups.setdefault((item.questionnaire.sha256, item.timezone), []).append(item)
+            groups.setdefault((item.questionnaire.sha256, item.timezone, item.window), []).append(item)
         for items in groups.values():
             try:
                 _check_together(items)
@@ -253,7 +259,7 @@ def _check_together(items: list[_Check]) -> None:
     first = items[0]
     normalised, validation, warnings = check_rows(
         cells, match, first.questionnaire, _suite(first.questionnaire), limits=limits, timezone=first.timezone,
-        has_submit_date=True, asset_name="form submissions",
+        has_submit_date=True, asset_name="form submissions", window=first.window,
     )
     for item, number in zip(items, numbers, strict=True):
         item.typed = normalised.typed.loc[[number]].set_axis(pd.Index([ROW], name="row_number"))
@@ -284,7 +290,7 @@ def submit(
         limits = previous_limits(session, before.id if before else None, questionnaire,
                                  partnership_ids=[participant.partnership_id])
     checked = SUITE_BATCHER.check(_Check(cells=cells, match=match, limits=limits, questionnaire=questionnaire,
-                                         timezone=timezone))
+                                         timezone=timezone, window=participant.window))
     assert checked.typed is not None
     if checked.errors:
         by_field: dict[str, list[Reason]] = {}

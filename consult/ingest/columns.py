@@ -189,17 +189,25 @@ def _targets(
         targets[column] = target
     # Full-text headings: the questions are found by their texts, not their codes.
     by_code = sum(1 for column, target in targets.items() if target.kind != "identity"
-                  and (normalise_header(column) in codes or normalise_header(_base(column)) in questions
-                       or normalise_header(_base(column)) in codes))
+                  and (normalise_header(column) in codes
+                       or any(normalise_header(base) in questions or normalise_header(base) in codes
+                              for base in _bases(column, recognised))))
     by_text = sum(1 for target in targets.values() if target.kind != "identity") - by_code
     if by_text > by_code:
         recognised.heading_style = "full text"
     return targets
 
 
-def _base(column: str) -> str:
+def _bases(column: str, recognised: Recognised) -> list[str]:
+    """The question a column may belong to, as written: before ``[row]``; else the last part of its group path,
+    or the part before it (a split column's question, before its choice)."""
     bracketed = _BRACKETED.match(column)
-    return bracketed["base"] if bracketed else re.split(r"[/-]", column)[-1]
+    if bracketed:
+        return [bracketed["base"]]
+    marks = "".join(dict.fromkeys(mark for mark in (recognised.group_separator, recognised.choice_separator) if mark))
+    if not marks:
+        return [column]
+    return re.split(rf"[{re.escape(marks)}]", column)[-2:]
 
 
 def _target(
@@ -228,9 +236,11 @@ def _target(
         question = questions.get(base) or labels.get(base)
         if question is not None:
             return _inner_target(question, bracketed["inner"].strip())
-    if recognised.tool in ("kobo", "odk_central") and "/" in column:  # question/choice split columns
-        prefix, choice = column.rsplit("/", 1)
-        question = questions.get(normalise_header(re.split(rf"[/{re.escape(separator or '/')}]", prefix)[-1]))
+    choice_mark = recognised.choice_separator
+    if choice_mark and choice_mark in column:  # KoBo / ODK question/choice split columns
+        prefix, choice = column.rsplit(choice_mark, 1)
+        marks = re.escape(choice_mark + (separator or ""))
+        question = questions.get(normalise_header(re.split(rf"[{marks}]", prefix)[-1]))
         if question is not None:
             return _inner_target(question, choice, split=True)
     qualtrics_other = _QUALTRICS_TEXT.match(column) if recognised.tool == "qualtrics" else None

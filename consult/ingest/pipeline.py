@@ -114,6 +114,19 @@ def match_files(settings: Settings, year: int, files: list[ResponseFile]) -> lis
     return matched
 
 
+@dataclass(frozen=True)
+class RoundWindow:
+    """When a round took answers: from its opening to its close day (see :func:`check_submit_dates`)."""
+
+    opened: dt.datetime
+    closes_on: dt.date
+    year: int
+
+    @classmethod
+    def of(cls, round_: Any) -> RoundWindow:
+        return cls(opened=round_.opened_at, closes_on=round_.closes_on, year=round_.year)
+
+
 def check_rows(
     cells: pd.DataFrame,
     match: pd.DataFrame,
@@ -124,17 +137,20 @@ def check_rows(
     timezone: str,
     has_submit_date: bool,
     asset_name: str,
+    window: RoundWindow,
 ) -> tuple[Normalised, ValidationResult, dict[int, list[Reason]]]:
     """The one path every answer takes before it is stored, whether it comes in a file of a million rows, as a
     quarantined row an analyst fixed, or as one submission of the response form (a one-row ``cells`` frame):
-    normalise the cells, run the expectation suite on the complete rows. Returns the typed table, the suite's
-    findings and every row's warnings (the normaliser's and the suite's)."""
+    normalise the cells, run the expectation suite on the complete rows, check the submit dates against the
+    round's window. Returns the typed table, the suite's findings and every row's warnings (the normaliser's,
+    the suite's and the window's)."""
     normalised = normalise(cells, questionnaire, timezone=timezone)
     validation = validate(
         normalised.typed, cells, match, questionnaire, suite, limits=limits, has_submit_date=has_submit_date,
         asset_name=asset_name,
     )
-    return normalised, validation, _merge(normalised.warnings, validation.warnings)
+    outside = check_submit_dates(normalised.typed["submitted_at"], cells, window)
+    return normalised, validation, _merge(normalised.warnings, validation.warnings, outside)
 
 
 def validate_files(settings: Settings, year: int, matched: list[MatchedFile]) -> list[ValidatedFile]:
@@ -144,7 +160,7 @@ def validate_files(settings: Settings, year: int, matched: list[MatchedFile]) ->
         questionnaire = round_questionnaire(round_)
         before = previous_round(session, year)
         limits = previous_limits(session, before.id if before else None, questionnaire)
-        window = RoundWindow(opened=round_.opened_at, closes_on=round_.closes_on, year=year)
+        window = RoundWindow.of(round_)
     suite, suite_source = load_suite(questionnaire, EXPECTATIONS_DIR)
     validated = []
     for item in matched:
@@ -153,10 +169,9 @@ def validate_files(settings: Settings, year: int, matched: list[MatchedFile]) ->
             continue
         normalised, validation, warnings = check_rows(
             item.file.cells, item.match, questionnaire, suite, limits=limits, timezone=settings.timezone,
-            has_submit_date=item.file.has_submit_date, asset_name=item.file.name,
+            has_submit_date=item.file.has_submit_date, asset_name=item.file.name, window=window,
         )
         validation.suite_source = suite_source
-        warnings = _merge(warnings, check_submit_dates(normalised.typed["submitted_at"], item.file.cells, window))
         validated.append(
             ValidatedFile(
                 file=item.file,
@@ -170,13 +185,6 @@ def validate_files(settings: Settings, year: int, matched: list[MatchedFile]) ->
             )
         )
     return validated
-
-
-@dataclass(frozen=True)
-class RoundWindow:
-    opened: dt.datetime
-    closes_on: dt.date
-    year: int
 
 
 def check_submit_dates(
@@ -305,6 +313,7 @@ def accept_quarantined(
             raise ConsultError(f"quarantined row {row_id} is already {row.status}")
         round_ = get_round(session, year)
         questionnaire = round_questionnaire(round_)
+        window = RoundWindow.of(round_)
         directory = load_directory(session, round_)
         before = previous_round(session, year)
         limits = previous_limits(session, before.id if before else None, questionnaire)
@@ -335,7 +344,7 @@ def accept_quarantined(
     suite, _ = load_suite(questionnaire, EXPECTATIONS_DIR)
     normalised, validation, checked_warnings = check_rows(
         cells, match, questionnaire, suite, limits=limits, timezone=settings.timezone, has_submit_date=True,
-        asset_name=f"{file_name} row {row_number}",
+        asset_name=f"{file_name} row {row_number}", window=window,
     )
     if validation.errors:
         messages = "; ".join(reason["message"] for reason in validation.errors[row_number])

@@ -8,8 +8,9 @@ Each tool writes its own identity and completeness columns, and some add rows or
   (``How much ...? [Row text]``);
 - **Qualtrics** (CSV): three header rows (codes, question texts, ``{"ImportId": ...}``); ``ResponseId``;
   ``Finished`` (1/0 or True/False), ``Progress`` and ``RecordedDate``;
-- **KoBoToolbox** (XLSX/CSV): ``_id``, ``_uuid``, ``_submission_time``; group paths joined with ``/``;
-  ``select_multiple`` answers space-separated, or split into ``question/choice`` columns;
+- **KoBoToolbox** (XLSX/CSV): ``_id``, ``_uuid``, ``_submission_time``; group paths joined with ``/`` (or the
+  ``.`` an export may be made with); ``select_multiple`` answers space-separated, or split into
+  ``question/choice`` columns (joined with the same separator);
 - **ODK Central** (CSV): ``SubmissionDate``, ``KEY`` and ``meta-instanceID``; group paths joined with ``-``;
   ``select_multiple`` space-separated; rows may stop short of the header (missing trailing cells are empty);
 - **EUSurvey**: XLSX with metadata rows above a ``Contribution Id`` header, or the results XML
@@ -70,7 +71,10 @@ class Recognised:
     # Per column: the question text a tool writes in a second header row (Qualtrics).
     column_labels: dict[str, str] = field(default_factory=dict)
     multi_separator: str = ";"
-    group_separator: str | None = None  # KoBo "/", ODK Central "-"
+    group_separator: str | None = None  # KoBo "/" (or the "." an export may be set to), ODK Central "-"
+    # Between a select_multiple question and one of its choices in a split column: KoBo uses its group
+    # separator ("q/choice", "q.choice"), ODK Central always "/".
+    choice_separator: str | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -111,11 +115,13 @@ def recognise(cells: pd.DataFrame, file_format: str) -> Recognised:
             multi_separator=",",  # Qualtrics writes a multiple answer as "1,3"
         )
     if "_submission_time" in raw and ("_id" in raw or "_uuid" in raw):
+        separator = kobo_group_separator(columns)
         return Recognised(tool="kobo", id_column="_id" if "_id" in raw else "_uuid", submit_column="_submission_time",
-                          multi_separator=" ", group_separator="/")
+                          multi_separator=" ", group_separator=separator, choice_separator=separator)
     if "SubmissionDate" in raw and ("KEY" in raw or "meta-instanceID" in raw):
         return Recognised(tool="odk_central", id_column="KEY" if "KEY" in raw else "meta-instanceID",
-                          submit_column="SubmissionDate", multi_separator=" ", group_separator="-")
+                          submit_column="SubmissionDate", multi_separator=" ", group_separator="-",
+                          choice_separator="/")
     if "contributionid" in by_key:
         return Recognised(tool="eusurvey", id_column=by_key["contributionid"])
     submit = next((by_key[key] for key in _LIMESURVEY_SUBMIT if key in by_key), None)
@@ -123,6 +129,16 @@ def recognise(cells: pd.DataFrame, file_format: str) -> Recognised:
     if response_id and (submit or any(key in by_key for key in _LIMESURVEY_MARKERS)):
         return Recognised(tool="limesurvey", id_column=response_id, submit_column=submit)
     return Recognised(tool="plain")
+
+
+def kobo_group_separator(columns: list[str]) -> str:
+    """The group separator a KoBo export was made with: ``/`` by default, ``.`` when the person exporting chose
+    it (KoBo asks for one). Told from the question headings (KoBo's own ``_`` columns aside): the mark that
+    joins more of them wins, ``/`` when none is joined."""
+    questions = [column for column in columns if not column.startswith("_")]
+    slashes = sum("/" in column for column in questions)
+    dots = sum("." in column for column in questions)
+    return "." if dots > slashes else "/"
 
 
 def _qualtrics_labels(cells: pd.DataFrame) -> dict[str, str]:
@@ -171,8 +187,10 @@ def read_eusurvey_xml(path: Path) -> tuple[pd.DataFrame, list[str]]:
     """EUSurvey's results XML as a table: one row per ``AnswerSet`` (in file order, numbered from 1), one column
     per question, named by its short name (``bid``) where the export gives them, else by its text.
 
-    Choices are written by their texts (several joined with ``;``); a matrix row becomes ``matrix[row]``; the
-    metadata become ``Contribution Id``, ``Submitted`` (``last``, else ``create``), ``Invitation`` and ``User``.
+    Choices are written by their short names (several joined with ``;``); a matrix row becomes ``matrix[row]``,
+    and so does each rated item of a rating question (``rating[item]``, its stars as a number: EUSurvey writes
+    ``3/7``); a table cell becomes ``table[row][column]`` holding the text typed in it. The metadata become
+    ``Contribution Id``, ``Submitted`` (``last``, else ``create``), ``Invitation`` and ``User``.
     """
     from defusedxml import DefusedXmlException
     from defusedxml.ElementTree import ParseError, parse
@@ -188,22 +206,26 @@ def read_eusurvey_xml(path: Path) -> tuple[pd.DataFrame, list[str]]:
         raise ConsultError(f"{path}: an XML file but not EUSurvey results (expected <Results> with <Answers>, "
                            f"found <{root.tag}>)")
     names: dict[str, str] = {}  # question uid -> column name
-    answer_texts: dict[str, str] = {}  # answer uid -> its text (or short name)
-    matrix_of: dict[str, str] = {}  # matrix row uid -> matrix column prefix
+    answer_texts: dict[str, str] = {}  # answer uid -> its short name (or text)
+    table_columns: set[str] = set()  # answer uids that are a table's columns: the typed text is the answer
+    ratings: set[str] = set()  # question uids of rated items: "3/7" is 3 stars
     elements = root.find("Survey/Elements")
-    current_matrix = ""
+    group = ""  # the matrix, rating or table whose rows follow
     for element in list(elements) if elements is not None else []:
-        uid, text = element.get("id", ""), (element.text or "").strip()
-        name = element.get("bid") or text
-        if element.tag in ("Question", "RatingQuestion", "TableQuestion", "Text", "Section", "Image"):
+        uid, name = element.get("id", ""), _short_name(element)
+        if element.tag in ("MatrixTitle", "TableTitle") or (element.tag == "Question"
+                                                            and element.get("type") == "Rating"):
+            group = name
+        elif element.tag in ("MatrixQuestion", "TableQuestion", "RatingQuestion"):
+            names[uid] = f"{group}[{name}]"
+            if element.tag == "RatingQuestion":
+                ratings.add(uid)
+        elif element.tag in ("Question", "Text", "Section", "Image"):
             names[uid] = name
-        elif element.tag == "MatrixTitle":
-            current_matrix = name
-        elif element.tag == "MatrixQuestion":
-            names[uid] = f"{current_matrix}[{name}]"
-            matrix_of[uid] = current_matrix
         elif element.tag in ("Answer", "MatrixAnswer", "TableAnswer"):
             answer_texts[uid] = name
+            if element.tag == "TableAnswer":
+                table_columns.add(uid)
     records: list[dict[str, str]] = []
     for answer_set in root.find("Answers") or []:
         if answer_set.tag != "AnswerSet":
@@ -215,10 +237,16 @@ def read_eusurvey_xml(path: Path) -> tuple[pd.DataFrame, list[str]]:
                                                                                or answer_set.get("create")),
                   "Invitation": answer_set.get("invitation") or "", "User": answer_set.get("user") or ""}
         for answer in answer_set.findall("Answer"):
-            qid = answer.get("qid", "")
+            qid, aid, text = answer.get("qid", ""), answer.get("aid") or "", answer.text or ""
             column = names.get(qid, qid)
-            value = answer_texts.get(answer.get("aid", ""), answer.get("aid", "")) if answer.get("aid") else \
-                (answer.text or "")
+            if aid in table_columns:
+                column, value = f"{column}[{answer_texts[aid]}]", text
+            elif aid:
+                value = answer_texts.get(aid, aid)
+            elif qid in ratings:
+                value = text.split("/", 1)[0].strip()
+            else:
+                value = text
             record[column] = f"{record[column]};{value}" if record.get(column) else value
         records.append(record)
     if not records:
@@ -228,6 +256,17 @@ def read_eusurvey_xml(path: Path) -> tuple[pd.DataFrame, list[str]]:
     table = pd.DataFrame.from_records(records, columns=columns).fillna("").astype(str)
     table.index = pd.RangeIndex(1, len(table) + 1, name="row_number")
     return table, [f"read as EUSurvey results XML (survey {_survey_alias(root)}), {len(records)} answer set(s)"]
+
+
+def _short_name(element: object) -> str:
+    """An element's short name (``bid``), else its text. A short name written in square brackets (``[ID12]``,
+    seen in public EUSurvey results) is taken without them, so that ``matrix[row]``
+    stays one bracket deep."""
+    bid = (element.get("bid") or "").strip()  # type: ignore[attr-defined]
+    if not bid:
+        return (element.text or "").strip()  # type: ignore[attr-defined]
+    bracketed = re.fullmatch(r"\[([^\[\]]+)\]", bid)
+    return bracketed[1] if bracketed else bid
 
 
 def _survey_alias(root: object) -> str:
