@@ -263,3 +263,9 @@ def test_output_dir() -> Path:
     """Where tests save what a person may want to look at (screenshots, rendered summaries)."""
     TEST_OUTPUT.mkdir(exist_ok=True)
     return TEST_OUTPUT
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first (in their files' order): the parallel workers start the long ones early and finish
+    with the short ones, instead of one worker running a long test alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
