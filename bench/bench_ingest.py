@@ -20,17 +20,20 @@ independent of the row count.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import hashlib
+import json
 import multiprocessing
 import os
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,32 +127,31 @@ def setup_database(url: str, rows: int) -> None:
 
 
 def measure_engine(url: str, csv_path: str, workdir: str) -> dict[str, Any]:
-    from prefect.testing.utilities import prefect_test_harness
-
     os.environ["CONSULT_DATABASE_URL"] = url
     os.environ["CONSULT_DATA_DIR"] = str(Path(workdir) / "data")
     os.environ["CONSULT_OUTPUT_DIR"] = str(Path(workdir) / "output")
     os.environ["CONSULT_TOKEN_SECRET"] = "bench-" + "0" * 58
-    with prefect_test_harness(server_startup_timeout=120):
-        import great_expectations  # noqa: F401 - imported before the clock starts, like a warm worker
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    # The Prefect server the bench's main process made sure of (PREFECT_API_URL): one for the whole run, as a
+    # worker has, rather than a temporary one started (and its database migrated) for each measurement.
+    import great_expectations  # noqa: F401 - imported before the clock starts, like a warm worker
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-        from flows.ingest import ingest_responses
+    from flows.ingest import ingest_responses
 
-        _warm_up_prefect()
-        start = time.perf_counter()
-        state = ingest_responses(2019, [csv_path], return_state=True)
-        seconds = time.perf_counter() - start
-        summary = state.result()
-        with get_client(sync_client=True) as client:
-            task_runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-            )
-        stages = {
-            run.name.rsplit("-", 1)[0]: (run.end_time - run.start_time).total_seconds()
-            for run in task_runs if run.start_time and run.end_time
-        }
+    _warm_up_prefect()
+    start = time.perf_counter()
+    state = ingest_responses(2019, [csv_path], return_state=True)
+    seconds = time.perf_counter() - start
+    summary = state.result()
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    stages = {
+        run.name.rsplit("-", 1)[0]: (run.end_time - run.start_time).total_seconds()
+        for run in task_runs if run.start_time and run.end_time
+    }
     counts = summary.files[0]
     return {"seconds": seconds, "task_runs": len(task_runs), "stages": stages,
             "counts": f"{counts.accepted} accepted, {counts.quarantined} quarantined, {counts.warnings} warnings"}
@@ -349,6 +351,33 @@ def main() -> None:
     args = parser.parse_args()
 
     args.out.mkdir(parents=True, exist_ok=True)
+    with prefect_server(args.out / "prefect-data"):
+        run(args)
+
+
+@contextlib.contextmanager
+def prefect_server(data_dir: Path) -> Iterator[str]:
+    """PREFECT_API_URL when set, else the local server (`consult server start`) in a folder of the bench's
+    own, stopped at the end; exported as PREFECT_API_URL to every measuring process."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    consult = str(Path(sys.executable).with_name("consult"))
+    env = {**os.environ, "CONSULT_DATA_DIR": str(data_dir)}
+    started = subprocess.run([consult, "server", "start"], env=env, capture_output=True, text=True, timeout=300,
+                             check=False)
+    if started.returncode != 0:
+        raise SystemExit(f"could not start the local Prefect server: {started.stderr.strip()}")
+    state = json.loads((data_dir / "prefect" / "server.json").read_text())
+    os.environ["PREFECT_API_URL"] = f"{state['url']}/api"
+    try:
+        yield os.environ["PREFECT_API_URL"]
+    finally:
+        subprocess.run([consult, "server", "stop"], env=env, capture_output=True, timeout=120, check=False)
+        os.environ.pop("PREFECT_API_URL", None)
+
+
+def run(args: argparse.Namespace) -> None:
     if args.invalid_share is not None:
         compare_invalid_share(args.out, args.rows, args.invalid_share, args.repeat)
         return
