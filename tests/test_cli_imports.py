@@ -89,3 +89,30 @@ def test_publish_without_stakeholders_imports_no_mail_code() -> None:
     from flows.publish import publish_and_send_summary  # still importable from here, as before
 
     assert publish_and_send_summary.name == "publish-and-send-summary"
+
+
+def test_the_consult_program_ends_without_teardown_yet_keeps_exit_codes_and_a_whole_database_file(tmp_path: Path):
+    """`consult` skips the interpreter's teardown (consult.cli._end_without_teardown): exit codes stay what they
+    were, and the database file alone holds every committed change (SQLite's log folded back into it), so that
+    copying it is a whole backup."""
+    consult = str(Path(sys.executable).with_name("consult"))
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("CONSULT_", "PREFECT_API"))}
+    env |= {"CONSULT_DATA_DIR": str(tmp_path / "data"), "CONSULT_OUTPUT_DIR": str(tmp_path / "output")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([consult, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+                              check=False)
+
+    assert run("db", "upgrade").returncode == 0
+    imported = run("panel", "import", str(EXAMPLES / "panel.csv"))
+    assert imported.returncode == 0, imported.stderr
+    assert not list((tmp_path / "data").glob("consult.db-wal"))
+    backup = tmp_path / "backup.db"
+    backup.write_bytes((tmp_path / "data" / "consult.db").read_bytes())
+    import sqlite3
+
+    with sqlite3.connect(backup) as connection:
+        assert connection.execute("SELECT count(*) FROM partnerships").fetchone()[0] == 23
+    refused = run("round", "close", "1999")
+    assert (refused.returncode, refused.stderr.count("\n")) == (1, 1)
+    assert run("no-such-command").returncode == 2
