@@ -466,7 +466,8 @@ def render_data_docs(runs: list[SuiteRun], folder: Path, *, cap: int = 20) -> Pa
         data_docs.prepare_result(run.gx_result, cap)
         context.validation_results_store.set(run.gx_result_id, run.gx_result)
         pages.append(_page_entry(run))
-    context.build_data_docs(site_names=["dq"])
+    # GX's own index page is not built: data_docs.write_index replaces it (0.1 s of a small ingest).
+    context.build_data_docs(site_names=["dq"], build_index=False)
     data_docs.make_offline(folder)
     data_docs.record_pages(folder, pages)
     return data_docs.write_index(folder).resolve()
