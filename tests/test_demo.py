@@ -23,7 +23,8 @@ from sqlalchemy import create_engine, func, select
 from db.models import IngestedFile, OutboxMessage, Partnership, QuarantinedRow, Response, Round
 from tests.conftest import EXAMPLES
 
-pytestmark = pytest.mark.slow
+# One worker runs the whole module: the demo runs once (twice) per module, not once per worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo")]
 
 
 def accepted_rows(year: int) -> list[dict[str, str]]:

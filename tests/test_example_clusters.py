@@ -21,7 +21,8 @@ from consult.cli import app
 from consult.settings import EXAMPLES_DIR
 from tests.conftest import DATABASE_KINDS, TEST_TOKEN_SECRET, fresh_database
 
-pytestmark = pytest.mark.slow
+# One worker runs the whole module: the module's publication is made once per database, not once per worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("clusters")]
 
 CLUSTERS = EXAMPLES_DIR / "clusters"
 LABELS = {1: "Very dissatisfied", 2: "Dissatisfied", 3: "Neutral", 4: "Satisfied", 5: "Very satisfied"}
