@@ -10,7 +10,6 @@ import csv
 import re
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -128,9 +127,11 @@ def competition_ranks(counts: dict[str, int]) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module", params=DATABASE_KINDS)
-def published(request, database_templates, tmp_path_factory) -> Iterator[Path]:  # type: ignore[no-untyped-def]
-    """Both rounds opened, ingested and published through the command line, once per database for this
-    module's tests (they only read what was published)."""
+def published(request, database_templates, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    """Both rounds opened, ingested and published through the command line, once per database and test process
+    for this module's tests (they only read the published files; the database is dropped once they exist)."""
+    if request.param in _PUBLISHED:  # pytest-xdist may tear module fixtures down between a module's tests
+        return _PUBLISHED[request.param]
     folder = tmp_path_factory.mktemp("clusters")
     with fresh_database(request.param, database_templates, tmp_path_factory, folder) as url, \
             pytest.MonkeyPatch.context() as monkeypatch:
@@ -153,8 +154,12 @@ def published(request, database_templates, tmp_path_factory) -> Iterator[Path]: 
                 "--closes-on", f"{year}-06-30")
             run("ingest", str(year), str(CLUSTERS / f"responses-{year}.csv"))
             run("publish", str(year), "--out", str(out))
-        yield out
     settings_module.get_settings.cache_clear()
+    _PUBLISHED[request.param] = out
+    return out
+
+
+_PUBLISHED: dict[str, Path] = {}
 
 
 def read_indicators(out: Path, year: int) -> dict[tuple[str, str], dict[str, str]]:
