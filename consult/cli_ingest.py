@@ -65,7 +65,7 @@ def quarantine_list(
     status: Annotated[str, typer.Option(help="open, accepted, rejected or all.")] = "open",
 ) -> None:
     """List quarantined rows with the first reason of each."""
-    from consult.ingest.store import list_quarantine
+    from consult.ingest.review import list_quarantine
     from db.engine import session_scope
 
     if status not in ("open", "accepted", "rejected", "all"):
@@ -87,7 +87,7 @@ def quarantine_list(
 @quarantine_app.command("show")
 def quarantine_show(year: YearArg, row_id: RowArg) -> None:
     """Show a quarantined row: every reason and the raw cells as exported."""
-    from consult.ingest.store import list_quarantine
+    from consult.ingest.review import list_quarantine
     from db.engine import session_scope
 
     with session_scope(_engine()) as session:
@@ -141,7 +141,7 @@ def quarantine_reject(
     note: Annotated[str | None, typer.Option(help="Why the row is rejected.")] = None,
 ) -> None:
     """Keep a quarantined row out of the results for good."""
-    from consult.ingest.store import reject_quarantined
+    from consult.ingest.review import reject_quarantined
     from db.engine import session_scope
 
     with session_scope(_engine()) as session:
@@ -156,7 +156,7 @@ FileArg = Annotated[int, typer.Argument(help="The ingested file's id (see `consu
 @files_app.command("list")
 def files_list(year: YearArg) -> None:
     """The files ingested into a round, with their SHA-256 and row counts."""
-    from consult.ingest.store import list_files
+    from consult.ingest.review import list_files
     from db.engine import session_scope
 
     with session_scope(_engine()) as session:

@@ -35,12 +35,13 @@ def publish(
 
         read_stakeholders(send_to)  # a bad file is one clear error before anything is published or sent
     prefect_ready()
-    from flows.publish import compute_and_publish, publish_and_send_summary
-    quiet_prefect_console()
-
     if send_to is None:
+        from flows.publish import compute_and_publish
+        quiet_prefect_console()
         result = compute_and_publish(year, str(out) if out else None)
     else:
+        from flows.publish_send import publish_and_send_summary
+        quiet_prefect_console()
         result, mail_report = publish_and_send_summary(year, str(send_to), str(out) if out else None)
     for label, path in result.paths_by_label().items():
         typer.echo(f"{label + ':':<22} {path}")

@@ -7,13 +7,12 @@ import datetime as dt
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from consult.errors import ConsultError
-from consult.questionnaire import Questionnaire, load_questionnaire, parse_questionnaire
 from consult.tokens import (
     CURRENT_SCHEME,
     check_round_fingerprint,
@@ -23,6 +22,9 @@ from consult.tokens import (
     secret_fingerprint,
 )
 from db.models import Contact, Partnership, QuestionnaireVersion, Round, RoundParticipant, utcnow
+
+if TYPE_CHECKING:
+    from consult.questionnaire import Questionnaire
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ def previous_round(session: Session, year: int) -> Round | None:
 
 
 def round_questionnaire(round_: Round) -> Questionnaire:
+    # Imported here: `round participants` and `round close` need no questionnaire (YAML, pycountry, pydantic).
+    from consult.questionnaire import parse_questionnaire
+
     version = round_.questionnaire_version
     return parse_questionnaire(version.definition, source=f"questionnaire {version.code} v{version.version}")
 
@@ -106,6 +111,8 @@ def open_round(
 ) -> RoundInfo:
     """Open the round for ``year`` and enrol every active partnership. Opening it again changes nothing,
     except that partnerships added to the panel since are enrolled too."""
+    from consult.questionnaire import load_questionnaire
+
     questionnaire = load_questionnaire(questionnaire_path)
     partnerships = session.scalars(select(Partnership).where(Partnership.active.is_(True))).all()
     if not partnerships:

@@ -1,19 +1,38 @@
 """One typed settings object, read once from the environment (prefix ``CONSULT_``) and passed down.
 
 Secrets are ``SecretStr`` so they never show up in a repr, a log line or a Prefect task parameter.
+
+Read as pydantic-settings would (``CONSULT_`` + the field's name in any case, the environment before a ``.env``
+file in the working directory, list values as JSON, unknown names ignored, keyword arguments first) but without
+importing it: every command reads its settings, and pydantic-settings alone cost a database-only command about
+a tenth of its second (issue 15).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
+import typing
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from consult.errors import ConsultError
+
+ENV_PREFIX = "CONSULT_"
+ENV_FILE = ".env"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = REPO_ROOT / "templates"
@@ -26,8 +45,8 @@ DEFAULT_FORM_URL = "http://127.0.0.1:8000"
 MailBackend = Literal["mailbox", "smtp", "sendgrid"]
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CONSULT_", env_file=".env", extra="ignore")
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="ignore", validate_default=True)  # as pydantic-settings: defaults validated too
 
     data_dir: Path = Field(default=Path("data"), description="Local folder for the SQLite database and the mailbox.")
     database_url: str = Field(default="", description="SQLAlchemy URL; default: a SQLite file in data_dir.")
@@ -84,6 +103,14 @@ class Settings(BaseSettings):
     prefect_port: int = Field(default=4200, ge=1, le=65535, description="The local server's first-choice port.")
     prefect_start_timeout: float = Field(default=90, gt=0, description="Seconds the local server may take to start.")
     prefect_health_timeout: float = Field(default=5, gt=0, description="Seconds PREFECT_API_URL may take to answer.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_environment(cls, given: Any) -> Any:
+        """Each field not given as a keyword: ``CONSULT_<NAME>`` from the environment, else from ``.env``."""
+        if not isinstance(given, dict):
+            return given
+        return {**environment_values(cls.model_fields), **given}
 
     @field_validator("data_dir", "output_dir", "mailbox_dir")
     @classmethod
@@ -182,6 +209,43 @@ def load_or_create_secret(path: Path) -> bytes:
     return b""
 
 
+def environment_values(fields: dict[str, Any], environ: typing.Mapping[str, str] | None = None,
+                       env_file: Path = Path(ENV_FILE)) -> dict[str, Any]:
+    """The settings given as ``CONSULT_<NAME>`` (any case) in ``environ`` (default: the process's), else in
+    ``env_file``; a list- or dict-typed value is read as JSON, as pydantic-settings reads it."""
+    found: dict[str, str] = {}
+    if env_file.is_file():
+        from dotenv import dotenv_values
+
+        found.update({key.lower(): value for key, value in dotenv_values(env_file).items() if value is not None})
+    found.update({key.lower(): value for key, value in (os.environ if environ is None else environ).items()})
+    values: dict[str, Any] = {}
+    for name, info in fields.items():
+        raw = found.get(ENV_PREFIX.lower() + name)
+        if raw is None:
+            continue
+        if typing.get_origin(info.annotation) in (list, dict):
+            try:
+                values[name] = json.loads(raw)
+            except json.JSONDecodeError:
+                raise ConsultError(f"{ENV_PREFIX}{name.upper()}: {raw!r} is not a JSON list (e.g. [14, 3])") from None
+        else:
+            values[name] = raw
+    return values
+
+
+# Never echoed in an error message.
+_SECRET_FIELDS = {"token_secret", "sendgrid_api_key", "smtp_password"}
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The settings of this process; a bad value stops the command with one line naming the variable."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        first = error.errors()[0]
+        name = str(first["loc"][0]) if first.get("loc") else ""
+        given = "" if name in _SECRET_FIELDS or "input" not in first else f" (got {first['input']!r})"
+        message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        raise ConsultError(f"{ENV_PREFIX}{name.upper()}: {message}{given}") from None

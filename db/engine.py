@@ -23,6 +23,23 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 @lru_cache(maxsize=8)
 def get_engine(url: str) -> Engine:
+    engine = _new_engine(url)
+    _ENGINES.append(engine)
+    return engine
+
+
+# Every engine this process made, for :func:`dispose_engines`.
+_ENGINES: list[Engine] = []
+
+
+def dispose_engines() -> None:
+    """Close the pooled connections of every engine: SQLite then folds its write-ahead log back into the
+    database file, so that the file alone holds every committed change (a copy of it is a whole backup)."""
+    for engine in _ENGINES:
+        engine.dispose()
+
+
+def _new_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
     except ArgumentError:

@@ -1,26 +1,20 @@
-"""Compute a round's indicators and publish its summary: compute_indicators -> publish_summary -> artifacts;
-and the same followed by sending the summary to a stakeholder list: ... -> plan -> send each batch -> report."""
+"""Compute a round's indicators and publish its summary: compute_indicators -> publish_summary -> artifacts.
+
+The same followed by sending the summary to a stakeholder list is ``publish_and_send_summary``
+(flows/publish_send.py), also importable from here; it is imported only when asked for, so that `consult
+publish` without --send-to loads no mail code."""
 
 from __future__ import annotations
 
-from prefect import allow_failure, flow, unmapped
-from prefect.task_runners import ThreadPoolTaskRunner
+from typing import Any
 
-from consult.mail.outbox import MailReport
+from prefect import flow
+
 from consult.publish import PublishResult
-from flows.mailing import MAIL_CONCURRENCY
 from tasks.indicators import compute_indicators
-from tasks.publish import (
-    plan_summary_mail_task,
-    post_summary_artifacts,
-    publish_summary,
-    read_stakeholders_task,
-    render_summary_mail_task,
-    send_summary_batch_task,
-    summary_mail_report_task,
-)
+from tasks.publish import post_summary_artifacts, publish_summary
 
-__all__ = ["PublishResult", "compute_and_publish", "publish_and_send_summary"]
+__all__ = ["PublishResult", "compute_and_publish"]  # and publish_and_send_summary, through __getattr__
 
 
 @flow(name="compute-and-publish", log_prints=True)
@@ -33,18 +27,9 @@ def compute_and_publish(year: int, out_dir: str | None = None) -> PublishResult:
     return result
 
 
-@flow(name="publish-and-send-summary", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=MAIL_CONCURRENCY))
-def publish_and_send_summary(year: int, stakeholders_file: str,
-                             out_dir: str | None = None) -> tuple[PublishResult, MailReport]:
-    """Check the stakeholder list, publish as :func:`compute_and_publish`, then send the summary (HTML attached)
-    once to each address of the list: a re-run with the same published content sends nothing again."""
-    stakeholders = read_stakeholders_task(stakeholders_file)
-    report = compute_indicators(year)
-    result = publish_summary(report, out_dir)
-    post_summary_artifacts(report, result)
-    mail = render_summary_mail_task(report, result)
-    planned = plan_summary_mail_task(result, stakeholders)
-    sent = send_summary_batch_task.map(planned.batch_keys, mail=unmapped(mail))
-    mail_report = summary_mail_report_task(planned, year, wait_for=[allow_failure(sent)])
-    sent.result()  # a batch that failed for good fails the run, once the report says where things stand
-    return result, mail_report
+def __getattr__(name: str) -> Any:
+    if name == "publish_and_send_summary":
+        from flows.publish_send import publish_and_send_summary
+
+        return publish_and_send_summary
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,6 +9,7 @@ every `consult` subprocess as PREFECT_API_URL; a flow-free process never starts 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import uuid
@@ -75,11 +76,14 @@ def pytest_configure(config: pytest.Config) -> None:
     from tests.prefect_server import PrefectServer
 
     home = Path(tempfile.mkdtemp(prefix="consult-test-prefect-"))
-    server = PrefectServer(home=home).start(timeout=180)
+    # Started without waiting: the ~10 s it takes to migrate its database overlap collection; the first test
+    # of each process waits for it (prefect_server_url).
+    server = PrefectServer(home=home).start(wait=False)
     config.add_cleanup(lambda: shutil.rmtree(home, ignore_errors=True))
     config.add_cleanup(server.stop)
     os.environ["PREFECT_API_URL"] = server.api_url
     os.environ["CONSULT_TEST_PREFECT_SERVER"] = server.api_url
+    os.environ["CONSULT_TEST_PREFECT_LOG"] = str(server.log_path)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -107,9 +111,21 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def prefect_server_url() -> str:
-    """The session's Prefect server (started in pytest_configure): flows run in tests report to it."""
-    return os.environ["PREFECT_API_URL"]
+def prefect_server_url() -> Iterator[str]:
+    """The session's Prefect server (started in pytest_configure): flows run in tests report to it.
+
+    Flow runs in tests send no heartbeats: each run's heartbeat thread sleeps in 1 s steps and the run waits
+    for it to stop, which costs about half a second per flow run (no test is about heartbeats; a deployed
+    run still sends them)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from tests import warm_consult
+    from tests.prefect_server import wait_until_healthy
+
+    warm_consult.prestart()  # imports in the background while the server finishes starting
+    wait_until_healthy(os.environ["PREFECT_API_URL"], log=os.environ.get("CONSULT_TEST_PREFECT_LOG"))
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield os.environ["PREFECT_API_URL"]
 
 
 def _sqlite_template(directory: Path) -> Path:
@@ -144,30 +160,34 @@ def database_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
         admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path, database_templates: dict[str, object],
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A freshly migrated database: a SQLite file, or a new PostgreSQL database dropped afterwards; both copied
-    from a template migrated once per test process (migrating takes ~1 s, copying a few ms)."""
-    if request.param == "sqlite":
+DATABASE_KINDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@contextlib.contextmanager
+def fresh_database(kind: str, templates: dict[str, object], tmp_path_factory: pytest.TempPathFactory,
+                   folder: Path) -> Iterator[str]:
+    """A freshly migrated database: a SQLite file in ``folder``, or a new PostgreSQL database dropped
+    afterwards; both copied from a template migrated once per test process (migrating takes ~1 s, copying a
+    few ms)."""
+    if kind == "sqlite":
         import shutil
 
-        if "sqlite" not in database_templates:
-            database_templates["sqlite"] = _sqlite_template(tmp_path_factory.mktemp("template"))
-        shutil.copyfile(database_templates["sqlite"], tmp_path / "consult.db")  # type: ignore[arg-type]
-        url = f"sqlite:///{tmp_path / 'consult.db'}"
+        if "sqlite" not in templates:
+            templates["sqlite"] = _sqlite_template(tmp_path_factory.mktemp("template"))
+        shutil.copyfile(templates["sqlite"], folder / "consult.db")  # type: ignore[arg-type]
+        url = f"sqlite:///{folder / 'consult.db'}"
         yield url
         get_engine(url).dispose()
         return
     reason = postgres_skip_reason()
     if reason:
         pytest.skip(reason)
-    if "postgresql" not in database_templates:
-        database_templates["postgresql"] = _postgres_template()
+    if "postgresql" not in templates:
+        templates["postgresql"] = _postgres_template()
     name = f"consult_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{database_templates["postgresql"]}"'))
+        connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{templates["postgresql"]}"'))
     url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     try:
         yield url
@@ -176,6 +196,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, database_templates: d
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(params=DATABASE_KINDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, database_templates: dict[str, object],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A freshly migrated database per test, on SQLite and on PostgreSQL."""
+    with fresh_database(request.param, database_templates, tmp_path_factory, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
@@ -235,3 +263,9 @@ def test_output_dir() -> Path:
     """Where tests save what a person may want to look at (screenshots, rendered summaries)."""
     TEST_OUTPUT.mkdir(exist_ok=True)
     return TEST_OUTPUT
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first (in their files' order): the parallel workers start the long ones early and finish
+    with the short ones, instead of one worker running a long test alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -87,7 +87,9 @@ class PrefectServer:
         )
         return env
 
-    def start(self, timeout: float = 120) -> PrefectServer:
+    def start(self, timeout: float = 120, wait: bool = True) -> PrefectServer:
+        """Start the server; with ``wait`` (the default) return once it answers, else at once (then
+        ``wait_until_healthy(api_url)`` before using it)."""
         self.home.mkdir(parents=True, exist_ok=True)
         command = [str(PREFECT_BIN), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
         # Without the scheduler, deployments keep their schedules but no run is created behind the test's
@@ -98,6 +100,8 @@ class PrefectServer:
         self.process = subprocess.Popen(
             command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.home, start_new_session=True
         )
+        if not wait:
+            return self
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -182,6 +186,21 @@ class PrefectServer:
                 os.killpg(child.pid, signal.SIGKILL)
                 child.wait(timeout=10)
         self.children.clear()
+
+
+def wait_until_healthy(api_url: str, timeout: float = 180, log: str | None = None) -> None:
+    """Return once the server at ``api_url`` answers its health check; fail saying so after ``timeout``,
+    with the end of its ``log``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    tail = Path(log).read_text(errors="replace")[-3000:] if log and Path(log).exists() else ""
+    raise RuntimeError(f"the session's Prefect server at {api_url} did not answer within {timeout} s:\n{tail}")
 
 
 def chromium_binary() -> str | None:

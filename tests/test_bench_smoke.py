@@ -40,9 +40,15 @@ def test_the_benchmark_script_runs_and_prints_its_baseline(script, tmp_path):
         for command in ("ingest", "publish"):
             row = rf"^{command} +[\d.]+ +[\d.]+ +[\d.]+ \(\d+t\) +[\d.]+x +[\d.]+x"
             assert re.search(row, result.stdout, re.MULTILINE)
+            # and where its goals lie against the floor measured in the same run
+            assert re.search(rf"^{command}: within 1.5x bare \([\d.]+ s\): (met|NOT met)", result.stdout, re.MULTILINE)
     if script == "bench_ingest.py":  # each repeat on a fresh database, and the bench's databases dropped after
         assert "2 repeat(s); medians" in result.stdout
         assert "== PostgreSQL" in result.stdout
+        # the same-work peer, on each database, with the two ratios of issue 15
+        assert result.stdout.count("same-work peer (read_csv + the same GX suite") == 2
+        assert len(re.findall(r"ingest / peer: [\d.]+x", result.stdout)) == 2
+        assert len(re.findall(r"ingest / \(floor \+ validate\): [\d.]+x", result.stdout)) == 2
         assert _bench_databases() == databases_before
 
 

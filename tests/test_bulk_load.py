@@ -33,6 +33,7 @@ def bulk_from_one_row(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bulk, "BULK_LOAD_ROWS", 1)
 
 
+@pytest.mark.slow
 def test_bulk_path_stores_the_file_and_keeps_every_foreign_key(engine, settings, round_2019, bulk_from_one_row):
     """The same outcome as the per-row path, and the schema unchanged after the load."""
     keys_before = keys_and_indexes(engine)
@@ -69,6 +70,7 @@ def nothing_stored(engine: sa.Engine) -> bool:
                 and connection.scalar(select(func.count()).select_from(IngestedFile)) == 0)
 
 
+@pytest.mark.slow
 def test_a_row_breaking_a_foreign_key_rolls_the_whole_load_back(engine, round_2019, bulk_from_one_row):
     """A response of a partnership that does not exist fails (on PostgreSQL when the key is added back): nothing
     is stored and every key and index is still there."""
@@ -112,6 +114,7 @@ def test_column_wise_bulk_insert_keeps_every_value_exactly(engine):
 
 
 @pytest.mark.parametrize("db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+@pytest.mark.slow
 def test_bulk_path_steps_aside_when_another_session_is_reading_the_panel(
     engine, settings, round_2019, bulk_from_one_row, monkeypatch
 ):
@@ -141,6 +144,7 @@ def store_paths(settings, paths: list[str]):
 
 
 @pytest.mark.parametrize("db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+@pytest.mark.slow
 def test_a_bulk_load_takes_one_block_of_ids_and_later_rows_number_on_after_it(
     engine, settings, round_2019, tmp_path, monkeypatch
 ):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import warm_consult
 from tests.conftest import EXAMPLES
 
 CONSULT = str(Path(sys.executable).parent / "consult")
@@ -22,8 +23,7 @@ COMMANDS = [
 def consult(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {key: value for key, value in os.environ.items() if not key.startswith("CONSULT_")}
     base |= {"CONSULT_DATA_DIR": str(cwd / "data"), "CONSULT_OUTPUT_DIR": str(cwd / "output")}
-    return subprocess.run([CONSULT, *args], cwd=cwd, env=base | (env or {}), capture_output=True, text=True,
-                          timeout=120, check=False)
+    return warm_consult.run_consult(list(args), cwd=cwd, env=base | (env or {}), timeout=120)
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
@@ -46,6 +46,7 @@ def test_a_command_before_the_schema_exists_says_to_upgrade(tmp_path):
     assert "has no schema yet: run `consult db upgrade` first" in line
 
 
+@pytest.mark.slow
 def test_operations_staff_can_open_a_round_and_export_tokens(tmp_path):
     """The documented sequence works from the shell: upgrade, import, open, participants."""
     assert consult("db", "upgrade", cwd=tmp_path).returncode == 0

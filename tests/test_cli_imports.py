@@ -9,12 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import EXAMPLES
 
 # Runs each command of argv[1] (a JSON list of argument lists) in one fresh interpreter, as `consult` would,
 # and prints which Prefect modules were imported after each.
 PROBE = """
 import json, sys
+HEAVY = ("pandas", "great_expectations", "jinja2", "pydantic_settings", "sendgrid")
 from consult.cli import app
 seen = []
 for args in json.loads(sys.argv[1]):
@@ -23,7 +26,8 @@ for args in json.loads(sys.argv[1]):
     except SystemExit as stop:
         code = stop.code
     seen.append({"args": args, "code": code or 0,
-                 "prefect": sorted(name for name in sys.modules if name == "prefect" or name.startswith("prefect."))})
+                 "prefect": sorted(name for name in sys.modules if name == "prefect" or name.startswith("prefect.")),
+                 "heavy": sorted(name for name in HEAVY if name in sys.modules)})
 print(json.dumps(seen))
 """
 
@@ -43,6 +47,7 @@ DATABASE_ONLY = [
 ]
 
 
+@pytest.mark.slow
 def test_database_only_commands_do_not_import_prefect(tmp_path: Path) -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("CONSULT_", "PREFECT_API"))}
     env |= {"CONSULT_DATA_DIR": str(tmp_path / "data"), "CONSULT_OUTPUT_DIR": str(tmp_path / "output")}
@@ -55,6 +60,15 @@ def test_database_only_commands_do_not_import_prefect(tmp_path: Path) -> None:
     assert [entry["code"] for entry in seen] == [0] * (len(DATABASE_ONLY) - 1) + [3]
     assert [(entry["args"][:2], entry["prefect"]) for entry in seen] == [(args[:2], []) for args in DATABASE_ONLY]
     assert not (tmp_path / "data" / "prefect" / "server.pid").exists()  # and none started a server
+    # Nor any other library that costs a tenth of a second or more to import and that their work does not need
+    # (issue 15: under a second each); the indicators are computed with pandas.
+    # (Modules stay imported in the one interpreter: each command is charged with those it added.)
+    before: set[str] = set()
+    added = []
+    for entry in seen:
+        added.append((entry["args"][:2], sorted(set(entry["heavy"]) - before)))
+        before |= set(entry["heavy"])
+    assert added == [(args[:2], ["pandas"] if args[0] == "indicators" else []) for args in DATABASE_ONLY]
 
 
 def test_the_cli_module_itself_does_not_import_prefect() -> None:
@@ -65,3 +79,43 @@ def test_the_cli_module_itself_does_not_import_prefect() -> None:
     imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line]
     assert "consult.cli_server" in imported  # the probe sees the command modules being imported
     assert not [name for name in imported if name.split(".")[0] in ("prefect", "flows", "tasks")]
+
+
+def test_publish_without_stakeholders_imports_no_mail_code() -> None:
+    """`consult publish` runs compute_and_publish; sending to stakeholders (outbox, mailers, SendGrid's library)
+    is imported only with --send-to."""
+    probe = ("import sys; from flows.publish import compute_and_publish; "
+             "print(sorted(m for m in ('consult.mail.outbox', 'consult.publish_send', 'sendgrid') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    from flows.publish import publish_and_send_summary  # still importable from here, as before
+
+    assert publish_and_send_summary.name == "publish-and-send-summary"
+
+
+def test_the_consult_program_ends_without_teardown_yet_keeps_exit_codes_and_a_whole_database_file(tmp_path: Path):
+    """`consult` skips the interpreter's teardown (consult.cli._end_without_teardown): exit codes stay what they
+    were, and the database file alone holds every committed change (SQLite's log folded back into it), so that
+    copying it is a whole backup."""
+    consult = str(Path(sys.executable).with_name("consult"))
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("CONSULT_", "PREFECT_API"))}
+    env |= {"CONSULT_DATA_DIR": str(tmp_path / "data"), "CONSULT_OUTPUT_DIR": str(tmp_path / "output")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([consult, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+                              check=False)
+
+    assert run("db", "upgrade").returncode == 0
+    imported = run("panel", "import", str(EXAMPLES / "panel.csv"))
+    assert imported.returncode == 0, imported.stderr
+    assert not list((tmp_path / "data").glob("consult.db-wal"))
+    backup = tmp_path / "backup.db"
+    backup.write_bytes((tmp_path / "data" / "consult.db").read_bytes())
+    import sqlite3
+
+    with sqlite3.connect(backup) as connection:
+        assert connection.execute("SELECT count(*) FROM partnerships").fetchone()[0] == 23
+    refused = run("round", "close", "1999")
+    assert (refused.returncode, refused.stderr.count("\n")) == (1, 1)
+    assert run("no-such-command").returncode == 2

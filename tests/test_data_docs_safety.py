@@ -22,6 +22,8 @@ from tests.test_summary_browser import (
     problems,
 )
 
+pytestmark = pytest.mark.slow
+
 HOSTILE = "<img src=x onerror=alert(document.domain)>"
 
 

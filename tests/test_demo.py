@@ -23,7 +23,8 @@ from sqlalchemy import create_engine, func, select
 from db.models import IngestedFile, OutboxMessage, Partnership, QuarantinedRow, Response, Round
 from tests.conftest import EXAMPLES
 
-pytestmark = pytest.mark.slow
+# One worker runs the whole module: the demo runs once (twice) per module, not once per worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo")]
 
 
 def accepted_rows(year: int) -> list[dict[str, str]]:
@@ -90,6 +91,8 @@ def prefect_ui_check(workdir: Path, stdout: str) -> dict[str, object]:
 def demo_twice(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str], dict]:
     """The demo run twice in a fresh folder, with the database counts after each run (and, under "ui", what
     the local Prefect server the first run started shows; it is stopped afterwards)."""
+    if "demo_twice" in _RUN:  # pytest-xdist may tear module fixtures down between a module's tests: run once
+        return _RUN["demo_twice"]
     workdir = tmp_path_factory.mktemp("demo")
     counts: list[dict] = []
     try:
@@ -99,7 +102,11 @@ def demo_twice(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproce
         subprocess.run([str(consult), "server", "stop"], cwd=workdir, timeout=120, check=False, capture_output=True,
                        env={**os.environ, "CONSULT_DATA_DIR": str(workdir / "data")})
     first, ui_seen = ui
-    return workdir, first, {"first": counts[0], "second": counts[1], "ui": ui_seen}
+    _RUN["demo_twice"] = (workdir, first, {"first": counts[0], "second": counts[1], "ui": ui_seen})
+    return _RUN["demo_twice"]
+
+
+_RUN: dict[str, tuple[Path, subprocess.CompletedProcess[str], dict]] = {}
 
 
 def _run_twice(workdir: Path, counts: list[dict]) -> tuple[subprocess.CompletedProcess[str], dict]:

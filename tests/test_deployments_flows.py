@@ -75,6 +75,7 @@ def test_a_round_is_due_for_closing_from_its_closing_date_in_brussels(
         today_in("Mars/Olympus")
 
 
+@pytest.mark.slow
 def test_opening_the_yearly_round_invites_each_contact_once_even_when_run_twice(
     engine: Engine, settings: Settings, panel: list[str]
 ) -> None:
@@ -93,6 +94,7 @@ def test_opening_the_yearly_round_invites_each_contact_once_even_when_run_twice(
     assert len(set(received)) == len(received)
 
 
+@pytest.mark.slow
 def test_the_hourly_ingest_stores_a_dropped_file_once_and_ignores_other_files(
     engine: Engine, settings: Settings, round_2019: int, tmp_path: Path
 ) -> None:
@@ -125,6 +127,7 @@ def test_the_hourly_ingest_does_nothing_when_no_round_is_open(
     assert count(engine, IngestedFile) == 0
 
 
+@pytest.mark.slow
 def test_the_evening_job_closes_and_publishes_only_rounds_whose_closing_date_has_come(
     engine: Engine, settings: Settings, round_2019: int
 ) -> None:

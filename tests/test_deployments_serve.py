@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 from consult.cli_serve import app
 from consult.serve import PREFECT_YAML, load_deployment_specs, runner_deployments
 
+pytestmark = pytest.mark.slow
+
 
 def test_serve_offers_the_same_jobs_schedules_and_limits_as_prefect_yaml() -> None:
     """What `consult serve` registers is what `prefect deploy` registers: same names, parameters, cron
@@ -54,7 +56,6 @@ def test_consult_secrets_says_how_to_provide_each_secret_without_showing_any() -
 
 
 @pytest.mark.prefect_server
-@pytest.mark.slow
 def test_consult_serve_runs_a_triggered_job_from_one_process(tmp_path: Path) -> None:
     """With `consult serve` running against a Prefect server (started from another folder), the five
     deployments appear without any work pool, and a run triggered through the API is executed by the serving

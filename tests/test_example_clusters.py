@@ -15,8 +15,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from consult import settings as settings_module
 from consult.cli import app
 from consult.settings import EXAMPLES_DIR
+from tests.conftest import DATABASE_KINDS, TEST_TOKEN_SECRET, fresh_database
+
+# One worker runs the whole module: the module's publication is made once per database, not once per worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("clusters")]
 
 CLUSTERS = EXAMPLES_DIR / "clusters"
 LABELS = {1: "Very dissatisfied", 2: "Dissatisfied", 3: "Neutral", 4: "Satisfied", 5: "Very satisfied"}
@@ -121,23 +126,40 @@ def competition_ranks(counts: dict[str, int]) -> dict[str, int]:
 # --- running the consultation through the command line ---------------------------------------------------------
 
 
-@pytest.fixture
-def published(engine, settings, tmp_path) -> Path:  # type: ignore[no-untyped-def]
-    runner = CliRunner()
+@pytest.fixture(scope="module", params=DATABASE_KINDS)
+def published(request, database_templates, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    """Both rounds opened, ingested and published through the command line, once per database and test process
+    for this module's tests (they only read the published files; the database is dropped once they exist)."""
+    if request.param in _PUBLISHED:  # pytest-xdist may tear module fixtures down between a module's tests
+        return _PUBLISHED[request.param]
+    folder = tmp_path_factory.mktemp("clusters")
+    with fresh_database(request.param, database_templates, tmp_path_factory, folder) as url, \
+            pytest.MonkeyPatch.context() as monkeypatch:
+        for key, value in {"CONSULT_DATABASE_URL": url, "CONSULT_DATA_DIR": str(folder / "data"),
+                           "CONSULT_OUTPUT_DIR": str(folder / "output"), "CONSULT_MAIL_BACKEND": "mailbox",
+                           "CONSULT_TOKEN_SECRET": TEST_TOKEN_SECRET}.items():
+            monkeypatch.setenv(key, value)
+        settings_module.get_settings.cache_clear()
+        runner = CliRunner()
 
-    def run(*args: str) -> str:
-        result = runner.invoke(app, list(args), catch_exceptions=False)
-        assert result.exit_code == 0, result.output
-        return result.output
+        def run(*args: str) -> str:
+            result = runner.invoke(app, list(args), catch_exceptions=False)
+            assert result.exit_code == 0, result.output
+            return result.output
 
-    assert "attributes: sector, country, size" in run("panel", "import", str(CLUSTERS / "panel.csv"))
-    out = tmp_path / "site"
-    for year in (2023, 2024):
-        run("round", "open", str(year), "--questionnaire", str(CLUSTERS / f"questionnaire-{year}.yaml"),
-            "--closes-on", f"{year}-06-30")
-        run("ingest", str(year), str(CLUSTERS / f"responses-{year}.csv"))
-        run("publish", str(year), "--out", str(out))
+        assert "attributes: sector, country, size" in run("panel", "import", str(CLUSTERS / "panel.csv"))
+        out = folder / "site"
+        for year in (2023, 2024):
+            run("round", "open", str(year), "--questionnaire", str(CLUSTERS / f"questionnaire-{year}.yaml"),
+                "--closes-on", f"{year}-06-30")
+            run("ingest", str(year), str(CLUSTERS / f"responses-{year}.csv"))
+            run("publish", str(year), "--out", str(out))
+    settings_module.get_settings.cache_clear()
+    _PUBLISHED[request.param] = out
     return out
+
+
+_PUBLISHED: dict[str, Path] = {}
 
 
 def read_indicators(out: Path, year: int) -> dict[tuple[str, str], dict[str, str]]:

@@ -34,6 +34,7 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.slow
 def test_consult_form_serve_answers_on_uvicorn_and_never_logs_a_token(settings, round_2019, tmp_path):
     port = free_port()
     env = {**os.environ, "CONSULT_DEBUG": ""}
@@ -69,6 +70,7 @@ def client(settings, round_2019) -> TestClient:
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.slow
 def test_files_list_and_the_data_quality_report_show_form_answers_beside_files(client, settings, engine):
     token = token_of(settings, ENGLISH)
     assert post_answers(client, token, GOOD).status_code == 303
@@ -102,6 +104,7 @@ def test_files_list_and_the_data_quality_report_show_form_answers_beside_files(c
     assert expected in section
 
 
+@pytest.mark.slow
 def test_a_planned_reminder_is_skipped_once_the_partnership_answers_in_the_form(client, settings, engine):
     """Reminders planned before the answer: at sending time the form answer is seen, and `consult outbox` says so."""
     from consult.mail import outbox

@@ -9,6 +9,7 @@ import statistics
 from typing import Any
 
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -129,6 +130,7 @@ def _same(got: object, want: float | None) -> bool:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rounds())
+@pytest.mark.slow
 def test_every_default_indicator_equals_a_plain_python_computation(case):  # type: ignore[no-untyped-def]
     definition, groups, (before, now) = case
     questionnaire = parse_questionnaire(definition, source="property")

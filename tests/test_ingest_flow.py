@@ -44,6 +44,7 @@ def task_run_names(flow_run_id) -> list[str]:
     return sorted(run.name.rsplit("-", 1)[0] for run in runs)
 
 
+@pytest.mark.slow
 def test_flow_posts_a_readable_data_quality_report(engine, settings, round_2019, tmp_path):
     """After the reference file: a Markdown report with the counts and the failed checks, a table of the
     quarantined row, and a link to Data Docs that exist on disk."""
@@ -68,6 +69,7 @@ def test_flow_posts_a_readable_data_quality_report(engine, settings, round_2019,
     assert (settings.output_dir / "data-quality" / "dq-2019.md").read_text(encoding="utf-8") == markdown
 
 
+@pytest.mark.slow
 def test_task_runs_do_not_grow_with_the_number_of_files(engine, settings, round_2019, tmp_path):
     """One task per stage: one file or three files, the flow runs the same six tasks."""
     paths = []
@@ -106,6 +108,7 @@ def test_values_from_the_file_are_escaped_in_the_report(engine, settings, round_
     assert "<img" not in table and "&lt;img" in table
 
 
+@pytest.mark.slow
 def test_cli_ingest_then_review_the_quarantine(engine, settings, round_2019):
     """`consult ingest` prints the counts; `consult quarantine list/show/accept` review the unknown partnership."""
     runner = CliRunner()
@@ -132,6 +135,7 @@ def test_cli_ingest_then_review_the_quarantine(engine, settings, round_2019):
     assert "no open quarantined row" in listed.output
 
 
+@pytest.mark.slow
 def test_cli_files_list_show_and_export_give_back_what_was_received(engine, settings, round_2019, tmp_path):
     """The file is kept byte for byte: listed with its SHA-256, a row shown cell by cell, exported unchanged;
     a wrong file id or row is one line naming it."""
@@ -160,6 +164,7 @@ def test_cli_files_list_show_and_export_give_back_what_was_received(engine, sett
     assert "round 2019 has no ingested file 999" in str(missing_file.exception)
 
 
+@pytest.mark.slow
 def test_cli_quarantine_accept_refuses_a_fix_that_is_still_invalid(engine, settings, round_2019, tmp_path):
     """Accepting with a wrong fix stops with one line and leaves the row in quarantine."""
     path = tmp_path / "bad.csv"

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from db.models import IngestedFile, QuarantinedRow, Response
+from tests import warm_consult
 from tests.conftest import EXAMPLES
 
 CONSULT = str(Path(sys.executable).parent / "consult")
@@ -23,12 +24,12 @@ HEADER = (EXAMPLES / "responses-2019.csv").read_text(encoding="utf-8").splitline
 
 
 def run_consult(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The real command line in a child process, on the test's database and the session's Prefect server."""
+    """The real command line in a child process (started warm, tests/warm_consult.py), on the test's database
+    and the session's Prefect server."""
     from prefect.settings import PREFECT_API_URL
 
     env = dict(os.environ) | {"PREFECT_API_URL": str(PREFECT_API_URL.value())} | (env or {})
-    return subprocess.run([CONSULT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
-                          check=False)
+    return warm_consult.run_consult(list(args), cwd=cwd, env=env, timeout=300)
 
 
 def counts(engine: Engine) -> tuple[int, int, int]:
@@ -86,6 +87,7 @@ def test_a_folder_is_refused_as_a_folder_not_as_a_missing_file(tmp_path, engine,
 
 
 @SQLITE_ONLY
+@pytest.mark.slow
 def test_a_file_of_unknown_layout_is_refused_in_one_line(tmp_path, engine, round_2019):
     path = tmp_path / "other.csv"
     path.write_text("colour,size\nred,3\n", encoding="utf-8")
@@ -99,6 +101,7 @@ def test_a_header_only_csv_is_refused_not_recorded_as_an_empty_file(tmp_path, en
 
 
 @pytest.mark.parametrize("command", [["invite", "2030"], ["remind", "2030"], ["publish", "2030"]], ids=" ".join)
+@pytest.mark.slow
 def test_every_command_that_runs_a_flow_fails_in_one_line(command, tmp_path, engine, round_2019):
     """A flow that fails (here: a round never opened) shows no Prefect traceback, only the command's line."""
     assert_one_line_refusal(run_consult(*command, cwd=tmp_path), "2030")
@@ -135,12 +138,14 @@ def inflate_sheet(path: Path, padding: int) -> Path:
 
 
 @SQLITE_ONLY
+@pytest.mark.slow
 def test_an_xlsx_zip_bomb_is_refused_before_it_is_inflated(tmp_path, engine, round_2019):
     path = inflate_sheet(write_xlsx(tmp_path / "bomb.xlsx", reference_rows()), 256 * 1024 * 1024)
     assert path.stat().st_size < 2 * 1024 * 1024
     ingest_refused(tmp_path, engine, path, "xl/worksheets/sheet1.xml", "CONSULT_XLSX_MAX_COMPRESSION_RATIO")
 
 
+@pytest.mark.slow
 def test_an_xlsx_over_the_uncompressed_size_limit_is_refused_naming_the_limit(tmp_path, engine, round_2019):
     path = write_xlsx(tmp_path / "big.xlsx", reference_rows())
     with zipfile.ZipFile(path) as archive:
@@ -224,6 +229,7 @@ def test_a_cp1252_byte_after_64_kib_of_utf8_is_refused_naming_its_line(tmp_path,
     ingest_refused(tmp_path, engine, path, f"line {line}", "0xE8", "not UTF-8")
 
 
+@pytest.mark.slow
 def test_a_cp1252_file_whose_first_accent_comes_after_64_kib_keeps_its_accents(tmp_path, engine, round_2019):
     """Decided on the whole file: all cp1252, so read as cp1252 and 'Café' stays 'Café'."""
     path = tmp_path / "windows.csv"
@@ -242,6 +248,7 @@ def test_a_nul_byte_after_64_kib_is_refused_naming_its_line(tmp_path, engine, ro
     ingest_refused(tmp_path, engine, path, f"line {line}", "NUL")
 
 
+@pytest.mark.slow
 def test_a_lone_cr_in_a_story_does_not_start_a_markdown_heading_in_the_summary(tmp_path, engine, round_2019):
     lines = reference_lines()
     lines[4] = lines[4] + b'"Joint mission to Canada\r# Not a heading\rSetext\r==="'
@@ -287,6 +294,7 @@ def with_dates(dates: dict[int, str]) -> bytes:
     return b"\n".join(lines) + b"\n"
 
 
+@pytest.mark.slow
 def test_invalid_ancient_and_future_submit_dates_are_quarantined_with_their_value(tmp_path, engine, round_2019):
     """2019-13-01, -1, 04/03/2019 (ambiguous: the questionnaire does not say day first), 1999 and 2999: each row is
     quarantined naming its value; the 2999 row of a partnership that also answered on a real date never becomes
@@ -308,6 +316,7 @@ def test_invalid_ancient_and_future_submit_dates_are_quarantined_with_their_valu
     assert str(submitted).startswith("2019-03-04"), submitted
 
 
+@pytest.mark.slow
 def test_day_first_dates_are_read_where_the_questionnaire_says_so(tmp_path, engine, round_2019):
     questionnaire = tmp_path / "q-day-first.yaml"
     questionnaire.write_text((EXAMPLES / "questionnaire-2020.yaml").read_text(encoding="utf-8")
@@ -326,6 +335,7 @@ def test_day_first_dates_are_read_where_the_questionnaire_says_so(tmp_path, engi
     assert [str(stamp)[:16] for stamp in stamps] == ["2020-03-04 09:30"]
 
 
+@pytest.mark.slow
 def test_a_100000_digit_integer_quarantines_its_row_not_the_file(tmp_path, engine, round_2019):
     huge = "9" * 100_000
     lines = reference_lines()
@@ -346,6 +356,7 @@ def test_a_100000_digit_integer_quarantines_its_row_not_the_file(tmp_path, engin
 # --- a stored file always gets its report ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_rerun_of_a_stored_file_whose_report_is_missing_rebuilds_the_report(tmp_path, engine, settings, round_2019):
     """The first run stored the rows, then its report and Data Docs were lost (a run killed after the store):
     the same file again stores nothing twice but writes the report and the file's Data Docs page."""

@@ -140,6 +140,7 @@ def test_older_submission_in_a_later_file_does_not_replace_the_latest(engine, se
     ("value", "rules"),
     [("-3", [("range", "-3")]), ("abc", [("integer", "abc")]), ("1e9", [("integer", "1e9"), ("range", "1e9")])],
 )
+@pytest.mark.slow
 def test_bad_integer_is_quarantined_with_the_expectation_and_the_value(engine, settings, round_2019, tmp_path, value, rules):
     """-3 (below the minimum), abc (not a number), 1e9 (not a whole number as written, and out of range)."""
     path = write_csv(tmp_path, "bad.csv", f"ESCP4I-01,2019-04-01T10:00:00,US,other,{value},yes,20,", f"ESCP4I-02,{GOOD}")
@@ -153,6 +154,7 @@ def test_bad_integer_is_quarantined_with_the_expectation_and_the_value(engine, s
         "expect_column_values_to_be_in_set", "expect_column_values_to_be_between"}
 
 
+@pytest.mark.slow
 def test_unknown_option_code_is_quarantined_naming_the_code(engine, settings, round_2019, tmp_path):
     """A market that is no ISO 3166 code and an SME option that does not exist are both reported."""
     path = write_csv(tmp_path, "options.csv", "ESCP4I-01,2019-04-01T10:00:00,US;XX,business_contacts;lobbying,2,yes,20,")
@@ -284,6 +286,7 @@ def test_answers_ten_times_last_year_are_stored_with_a_warning(engine, settings,
     assert "last year's answer (3)" in first.warnings[0]["message"]
 
 
+@pytest.mark.slow
 def test_quarantined_row_is_accepted_after_a_fix_and_counted(engine, settings, round_2019, tmp_path):
     """An analyst fixes the bad value; the row is re-validated and stored as the partnership's answer."""
     ingest(settings, 2019, write_csv(tmp_path, "bad.csv", "ESCP4I-01,2019-04-01T10:00:00,US,other,abc,yes,20,"))

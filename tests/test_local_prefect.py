@@ -22,7 +22,7 @@ from tests.conftest import EXAMPLES
 
 CONSULT = str(Path(sys.executable).parent / "consult")
 
-pytestmark = [pytest.mark.prefect_server]
+pytestmark = [pytest.mark.prefect_server, pytest.mark.slow]
 
 
 def consult(*args: str, cwd: Path, env: dict[str, str] | None = None,
@@ -68,7 +68,6 @@ def artifact_keys(api_url: str) -> set[str]:
     return {item["key"] for item in found.json() if item.get("key")}
 
 
-@pytest.mark.slow
 def test_a_flow_command_starts_the_local_server_once_and_leaves_it_running_with_its_report(workdir):
     """The first ingest starts the server and says where its UI is; the report is on it; a second command
     reuses it silently; `status` and `stop` tell the truth."""
@@ -106,7 +105,6 @@ def test_a_flow_command_starts_the_local_server_once_and_leaves_it_running_with_
         httpx.get(f"{state['url']}/api/health", timeout=3)
 
 
-@pytest.mark.slow
 def test_a_server_that_died_is_reported_and_replaced_and_a_taken_port_is_avoided(workdir):
     """kill -9 leaves a stale pid file: status says so, start replaces the server, on a free port when the
     recorded one has been taken meanwhile by another program."""
@@ -187,7 +185,6 @@ def test_an_unreachable_prefect_api_url_fails_in_one_line_saying_what_to_do(work
     assert not (workdir / "data" / "prefect" / "server.pid").exists()  # no local server started behind its back
 
 
-@pytest.mark.slow
 def test_two_commands_starting_the_server_at_once_get_the_same_one(workdir):
     env = {key: value for key, value in os.environ.items() if not key.startswith(("CONSULT_", "PREFECT_API"))}
     env |= {"CONSULT_DATA_DIR": str(workdir / "data"), "CONSULT_PREFECT_PORT": str(free_port())}

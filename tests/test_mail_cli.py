@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import pytest
 from sqlalchemy import update
 from typer.testing import CliRunner
 
@@ -56,6 +57,7 @@ def test_an_unknown_round_is_named(engine, settings):
     assert "round 2031 does not exist" in str(result.exception)
 
 
+@pytest.mark.slow
 def test_outbox_lists_the_stakeholders_copies_of_the_summary(engine, settings, round_2019, tmp_path):
     """Stakeholders have no partnership: after invitations and the summary mail to a three-address list,
     `consult outbox 2019` counts the `summary` kind and lists one `(stakeholder)` line per address, sent, next to

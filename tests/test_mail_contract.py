@@ -61,6 +61,7 @@ def batch_of(size: int, kind: str = "invitation", language: str = "en") -> Outgo
 
 @pytest.mark.parametrize("kind", ["invitation", "reminder", "thank_you"])
 @pytest.mark.parametrize("size", [1, 1000])
+@pytest.mark.slow
 def test_every_kind_of_batch_is_accepted_by_sendgrids_spec(prism, kind, size):
     """Invitation, reminder and thank-you requests, with 1 and with the maximum 1,000 personalizations, are
     answered 202."""
@@ -86,6 +87,7 @@ def test_a_request_that_breaks_the_contract_is_refused(prism):
         assert refused.value.status_code == 400
 
 
+@pytest.mark.slow
 def test_the_engines_own_runs_pass_the_contract(prism, engine, settings, round_2019, monkeypatch):
     """Invitations, a reminder and thank-yous for the reference round, sent through the flows with the
     sendgrid backend pointed at Prism, are all accepted: the outbox shows every message `sent`."""

@@ -13,7 +13,6 @@ import json
 import mailbox
 import os
 import signal
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,10 +29,12 @@ from db.models import OutboxMessage
 from flows.mailing import send_invitations
 from tests.conftest import REPO_ROOT
 from tests.mail_servers import SendGridStub, SmtpCatcher, WebhookSigner
+from tests.warm_consult import start_consult
+
+pytestmark = pytest.mark.slow
 
 PARTNERSHIPS = 40  # two contacts each: room after the last kill point, however fast the run goes
 BATCH_SIZE = 6
-CONSULT = REPO_ROOT / ".venv" / "bin" / "consult"
 
 
 @pytest.fixture
@@ -104,10 +105,9 @@ def _assert_one_each_or_unknown(received: Counter[str], emails: list[str], unkno
 
 
 def _kill_once_the_maildir_holds(command: list[str], maildir: Path, kill_at: int, *, timeout: float) -> None:
-    """Run ``command`` and SIGKILL it as soon as ``maildir`` holds ``kill_at`` messages; it must not finish first."""
+    """Run ``consult COMMAND`` (started warm, tests/warm_consult.py) and SIGKILL it as soon as ``maildir`` holds ``kill_at`` messages; it must not finish first."""
     new = maildir / "new"
-    process = subprocess.Popen(command, env=_environment(), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = start_consult(command, cwd=REPO_ROOT, env=_environment())
     deadline = time.time() + timeout
     while process.poll() is None and time.time() < deadline:
         if new.is_dir() and len(os.listdir(new)) >= kill_at:
@@ -123,7 +123,7 @@ def test_invite_killed_while_writing_the_maildir_ends_with_exactly_one_invitatio
     """`consult invite` is killed (SIGKILL) once the Maildir holds `kill_at` messages. Re-running it, then
     `reconcile --stale-after 0` (the Maildir says for certain which messages it holds) and `invite` again leaves
     every contact exactly one invitation, and no message of unknown fate."""
-    _kill_once_the_maildir_holds([CONSULT, "invite", "2019"], settings.resolved_mailbox_dir, kill_at, timeout=120)
+    _kill_once_the_maildir_holds(["invite", "2019"], settings.resolved_mailbox_dir, kill_at, timeout=120)
     at_kill = sum(_maildir_recipients(settings.resolved_mailbox_dir).values())
     assert kill_at <= at_kill < len(crash_round)
 
@@ -174,8 +174,7 @@ def test_invite_killed_mid_smtp_conversation_ends_with_one_invitation_each_or_re
     contact has exactly one invitation, none has two."""
     with KillingSmtpServer(kill_at) as server:
         env = {"CONSULT_MAIL_BACKEND": "smtp", "CONSULT_SMTP_HOST": "127.0.0.1", "CONSULT_SMTP_PORT": str(server.port)}
-        process = subprocess.Popen([CONSULT, "invite", "2019"], env=_environment(**env), cwd=REPO_ROOT,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = start_consult(["invite", "2019"], cwd=REPO_ROOT, env=_environment(**env))
         server.pid = process.pid
         assert process.wait(timeout=120) == -signal.SIGKILL, "the run ended before it could be killed"
         _use(monkeypatch, **env)
@@ -202,8 +201,7 @@ def test_invite_killed_at_the_sendgrid_stub_ends_with_exactly_one_invitation_eac
     try:
         env = {"CONSULT_MAIL_BACKEND": "sendgrid", "CONSULT_SENDGRID_API_KEY": stub.api_key,
                "CONSULT_SENDGRID_HOST": stub.url}
-        process = subprocess.Popen([CONSULT, "invite", "2019"], env=_environment(**env), cwd=REPO_ROOT,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = start_consult(["invite", "2019"], cwd=REPO_ROOT, env=_environment(**env))
         stub.crash_after, stub.crash_pid = kill_at, process.pid
         assert process.wait(timeout=120) == -signal.SIGKILL, "the run ended before it could be killed"
         _use(monkeypatch, **env)
@@ -270,7 +268,7 @@ def test_publish_send_to_killed_mid_run_ends_with_one_summary_each_or_reported_u
     path, addresses = published_round
     out = tmp_path / "out"
     kill_at = 11
-    command = [CONSULT, "publish", "2019", "--send-to", str(path), "--out", str(out)]
+    command = ["publish", "2019", "--send-to", str(path), "--out", str(out)]
     if backend == "mailbox":
         _kill_once_the_maildir_holds(command, settings.resolved_mailbox_dir, kill_at, timeout=180)
         publish_and_send_summary(2019, str(path), str(out))
@@ -283,8 +281,7 @@ def test_publish_send_to_killed_mid_run_ends_with_one_summary_each_or_reported_u
         return
     with KillingSmtpServer(kill_at) as server:
         env = {"CONSULT_MAIL_BACKEND": "smtp", "CONSULT_SMTP_HOST": "127.0.0.1", "CONSULT_SMTP_PORT": str(server.port)}
-        process = subprocess.Popen(command, env=_environment(**env), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+        process = start_consult(command, cwd=REPO_ROOT, env=_environment(**env))
         server.pid = process.pid
         assert process.wait(timeout=180) == -signal.SIGKILL, "the run ended before it could be killed"
         _use(monkeypatch, **env)

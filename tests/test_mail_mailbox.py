@@ -16,6 +16,7 @@ from email.header import decode_header, make_header
 from email.message import Message
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select, update
 
 from consult.settings import Settings
@@ -60,6 +61,7 @@ def bodies(message: Message) -> tuple[str, str]:
     return text, html
 
 
+@pytest.mark.slow
 def test_every_contact_gets_one_invitation_with_its_partnerships_link(engine, settings: Settings, round_2019):
     """Each contact of the panel finds exactly one invitation in the Maildir, carrying the link of its own
     partnership in both the text and the HTML part; a second run sends nothing more."""
@@ -81,6 +83,7 @@ def test_every_contact_gets_one_invitation_with_its_partnerships_link(engine, se
     assert again.sent == len(contacts) and again.planned == len(contacts)
 
 
+@pytest.mark.slow
 def test_french_speaking_partnerships_get_the_french_invitation(engine, settings: Settings, round_2019):
     """A partnership whose language has templates reads its invitation in that language; one without
     (German here) reads English."""
@@ -105,6 +108,7 @@ def subject(message: Message) -> str:
     return str(make_header(decode_header(message["Subject"])))
 
 
+@pytest.mark.slow
 def test_french_speaking_partnerships_get_the_french_reminder(engine, settings: Settings, round_2019):
     """The reminder of a French-speaking partnership is French throughout (subject, text, HTML, its footer and
     the date), carrying the partnership's own link; everyone else's is English."""
@@ -128,6 +132,7 @@ def test_french_speaking_partnerships_get_the_french_reminder(engine, settings: 
             assert "30 June 2019" in text and '<html lang="en">' in html
 
 
+@pytest.mark.slow
 def test_french_speaking_partnerships_get_the_french_thank_you(engine, settings: Settings, round_2019):
     """Thank-yous go to the contacts of the partnerships that answered, in French where the partnership speaks
     it, with the same link."""
@@ -153,6 +158,7 @@ def test_french_speaking_partnerships_get_the_french_thank_you(engine, settings:
             assert subject(message).startswith("Thank you") and "we have received the answers" in text
 
 
+@pytest.mark.slow
 def test_names_with_markup_and_line_breaks_cannot_inject_html_or_headers(engine, settings: Settings, round_2019):
     """A contact name holding HTML and a CR/LF followed by a header arrives escaped in the HTML part and
     on one line in the To header; no extra header appears."""
@@ -169,6 +175,7 @@ def test_names_with_markup_and_line_breaks_cannot_inject_html_or_headers(engine,
     assert "Bcc: victim@evil.example" in text  # one harmless line of text, not a header
 
 
+@pytest.mark.slow
 def test_reminder_run_after_some_responses_reaches_exactly_the_non_respondents(
     engine, settings: Settings, round_2019
 ):
@@ -193,6 +200,7 @@ def test_reminder_run_after_some_responses_reaches_exactly_the_non_respondents(
     assert len([m for m in read_mailbox(settings.resolved_mailbox_dir) if is_kind(m, "reminder")]) == len(reminders)
 
 
+@pytest.mark.slow
 def test_scheduled_reminders_follow_the_rounds_schedule(engine, settings: Settings, round_2019):
     """With reminders 14 and 3 days before the 30 June closing: nothing on 1 June, one reminder on 16 June,
     nothing new on 20 June, a second one on 27 June, none once the round is closed."""
@@ -215,6 +223,7 @@ def test_scheduled_reminders_follow_the_rounds_schedule(engine, settings: Settin
     assert report.sequence is None and reminder_count() == 2 * len(contacts)
 
 
+@pytest.mark.slow
 def test_a_partnership_that_answers_between_planning_and_sending_gets_no_reminder(
     engine, settings: Settings, round_2019
 ):
@@ -244,6 +253,7 @@ def test_a_partnership_that_answers_between_planning_and_sending_gets_no_reminde
     assert {skipped[e] for e, code in contacts.items() if code == first} == {"partnership already answered"}
 
 
+@pytest.mark.slow
 def test_a_forced_reminder_goes_out_after_the_closing_date_while_the_round_is_open(engine, settings, round_2019):
     """The schedule stops at the closing date, but an operator may still remind everyone who has not answered
     while the round is open (late answers are kept and flagged)."""

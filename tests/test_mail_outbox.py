@@ -68,6 +68,7 @@ def test_planning_makes_batches_of_one_language_and_at_most_the_batch_size(engin
     assert again.created == 0 and sorted(again.batch_keys) == sorted(planned.batch_keys)
 
 
+@pytest.mark.slow
 def test_the_prefect_ui_shows_progress_and_delivery_per_partnership(engine, settings, round_2019):
     """After a run, the progress artifact stands at 100 % and the delivery table lists every contact of every
     partnership with its state."""
@@ -110,6 +111,7 @@ def add_stakeholder_rows(engine, batch_key: str, count: int) -> None:  # type: i
 
 
 @pytest.mark.parametrize("stakeholders", [False, True], ids=["contacts", "stakeholders"])
+@pytest.mark.slow
 def test_runs_claiming_one_batch_at_the_same_time_never_share_a_row(engine, settings, round_2019, stakeholders):
     """Four runs claim the same batch at once: every pending row is claimed by exactly one of them, moves to
     `sending` with one attempt, and the other audience's claim on that batch takes nothing."""

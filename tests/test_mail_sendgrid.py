@@ -71,6 +71,7 @@ def deliver_webhook_events(engine, stub: SendGridStub) -> None:  # type: ignore[
     handle_post(engine, signer.public_key, body, signer.headers(body))
 
 
+@pytest.mark.slow
 def test_requests_carry_outbox_ids_categories_and_personal_links(engine, settings, round_2019, stub):
     """One request per batch of up to 5; each personalization names its outbox row in custom_args and
     carries its own link; categories name the round and the kind; SendGrid's X-Message-Id is stored."""
@@ -89,6 +90,7 @@ def test_requests_carry_outbox_ids_categories_and_personal_links(engine, setting
         assert links and all(link.startswith("http://127.0.0.1:8000/r/") for link in links)
 
 
+@pytest.mark.slow
 def test_rate_limit_waits_for_the_reset_time_then_resumes(engine, settings, round_2019, stub):
     """A 429 with X-RateLimit-Reset: nothing more is sent before that time, and then every contact gets
     exactly one invitation."""
@@ -101,6 +103,7 @@ def test_rate_limit_waits_for_the_reset_time_then_resumes(engine, settings, roun
     assert_exactly_one_invitation_each(engine, stub)
 
 
+@pytest.mark.slow
 def test_outages_are_retried_until_every_contact_has_one_invitation(engine, settings, round_2019, stub):
     """Two 5xx answers in a row: Prefect retries the batch, nothing is lost and nothing doubled."""
     stub.faults.extend([Fault("500"), Fault("503")])
@@ -122,6 +125,7 @@ def test_a_refused_address_fails_alone_with_the_reason(engine, settings, round_2
     assert failed.recipient == bad and "Does not contain a valid address" in failed.error
 
 
+@pytest.mark.slow
 def test_an_answer_that_comes_too_late_is_never_resent_blindly(engine, settings, round_2019, stub):
     """SendGrid accepts a batch but answers after the client gave up: its rows become `unknown`, a new run
     does not send them again, and the webhook events (carrying the outbox ids) settle them as `sent`."""
@@ -142,6 +146,7 @@ def test_an_answer_that_comes_too_late_is_never_resent_blindly(engine, settings,
     assert_exactly_one_invitation_each(engine, stub)
 
 
+@pytest.mark.slow
 def test_an_unreachable_provider_leaves_the_batch_pending_for_the_next_run(engine, settings, round_2019, stub):
     """Connection refused: nothing can have been accepted, so the rows go back to `pending` and the next run
     sends them."""
@@ -194,6 +199,7 @@ for key in planned.batch_keys:
 
 
 @pytest.mark.parametrize("k", [1, 8, 27])
+@pytest.mark.slow
 def test_a_crash_right_after_the_kth_accepted_message_ends_with_exactly_one_invitation_each(
     engine, settings, round_2019, stub, k
 ):
@@ -221,6 +227,7 @@ def test_a_crash_right_after_the_kth_accepted_message_ends_with_exactly_one_invi
     assert_exactly_one_invitation_each(engine, stub)
 
 
+@pytest.mark.slow
 def test_the_api_key_can_come_from_a_prefect_secret_block(engine, settings, round_2019, stub, monkeypatch):
     """Without CONSULT_SENDGRID_API_KEY, the key is read from the Prefect Secret block `sendgrid-api-key`;
     without either, the run stops with one line saying where to put it."""

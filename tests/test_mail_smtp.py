@@ -39,6 +39,7 @@ def smtp(monkeypatch: pytest.MonkeyPatch, settings):  # type: ignore[no-untyped-
         settings_module.get_settings.cache_clear()
 
 
+@pytest.mark.slow
 def test_smtp_delivers_one_invitation_per_contact_with_its_link(engine, settings, round_2019, smtp):
     """The SMTP server receives one message per contact, addressed to that contact only, from the configured
     sender, whose text and HTML carry the partnership's link; running again sends nothing."""

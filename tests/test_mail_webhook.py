@@ -35,6 +35,7 @@ def event_count(engine) -> int:  # type: ignore[no-untyped-def]
         return session.scalar(select(func.count()).select_from(DeliveryEvent)) or 0
 
 
+@pytest.mark.slow
 def test_a_signed_batch_is_stored_once_even_when_posted_twice(engine, settings, round_2019):
     """SendGrid retries posts: the same events posted again are recognised and not stored twice."""
     send_invitations(2019)
@@ -63,6 +64,7 @@ def test_a_post_with_a_wrong_signature_is_refused_and_stores_nothing(engine, set
     assert event_count(engine) == 0
 
 
+@pytest.mark.slow
 def test_bounced_and_unsubscribed_contacts_get_no_reminder(engine, settings, round_2019):
     """After a bounce and an unsubscribe arrive for two invitations, those contacts are marked and the next
     reminder goes to everyone else only."""
@@ -156,6 +158,7 @@ def summary_rows(engine) -> dict[str, OutboxMessage]:  # type: ignore[no-untyped
             select(OutboxMessage).where(OutboxMessage.kind == "summary"))}
 
 
+@pytest.mark.slow
 def test_a_bounced_or_dropped_stakeholder_summary_marks_its_outbox_row_failed(engine, settings, round_2019,
                                                                               tmp_path):
     """Stakeholders have no contact to mark: a bounce (carrying the outbox id) and a drop (carrying only
@@ -184,6 +187,7 @@ def test_a_bounced_or_dropped_stakeholder_summary_marks_its_outbox_row_failed(en
     assert (again.stored, again.stakeholder_messages_failed) == (0, 0)
 
 
+@pytest.mark.slow
 def test_the_outbox_lists_a_bounced_stakeholder_as_a_failed_summary(engine, settings, round_2019, tmp_path):
     """After the webhook recorded a stakeholder's bounce, `consult outbox 2019 --problems` shows that summary
     mail failed, with the address and the reason."""
@@ -203,6 +207,7 @@ def test_the_outbox_lists_a_bounced_stakeholder_as_a_failed_summary(engine, sett
     assert line.endswith("bounced: 550 mailbox full")
 
 
+@pytest.mark.slow
 def test_the_next_summary_skips_stakeholders_known_to_bounce_or_unsubscribed_and_says_why(
         engine, settings, round_2019, tmp_path):
     """A stakeholder whose copy bounced, and one who unsubscribed, are not sent the next (changed) summary: their
@@ -273,6 +278,7 @@ def test_a_correctly_signed_post_with_an_old_timestamp_is_refused_as_a_replay(en
     assert event_count(engine) == 2
 
 
+@pytest.mark.slow
 def test_the_webhook_server_answers_403_to_a_replayed_post(engine, settings, round_2019):
     """Over HTTP: the same correctly signed post is refused (403) when its timestamp is 10 minutes old and
     stored (204) when it is fresh."""

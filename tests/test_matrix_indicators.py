@@ -10,6 +10,8 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from consult.indicators import compute_report
 from consult.publish import matrix_table
 from db.engine import session_scope
@@ -32,6 +34,7 @@ def limesurvey_report(engine, settings):  # type: ignore[no-untyped-def]
         return compute_report(session, year)
 
 
+@pytest.mark.slow
 def test_matrix_rows_are_published_like_scale_and_select_questions(engine, settings, panel):
     report = limesurvey_report(engine, settings)
     rows = complete_rows(LIMESURVEY)
@@ -51,6 +54,7 @@ def test_matrix_rows_are_published_like_scale_and_select_questions(engine, setti
             code: float(counts.get(code, 0)) for code in ("A1", "A2", "A3")}
 
 
+@pytest.mark.slow
 def test_summary_shows_a_small_table_per_matrix(engine, settings, panel):
     report = limesurvey_report(engine, settings)
     rows = complete_rows(LIMESURVEY)
@@ -64,6 +68,7 @@ def test_summary_shows_a_small_table_per_matrix(engine, settings, panel):
     assert first[1].text.startswith(f"{paying} (") and first[4].text == str(answering)
 
 
+@pytest.mark.slow
 def test_summary_of_an_anonymous_round_with_matrices_renders(engine, settings, panel):
     """The whole summary (HTML and Markdown) renders for an anonymous round with matrix questions, the matrix
     table in it."""
@@ -78,6 +83,7 @@ def test_summary_of_an_anonymous_round_with_matrices_renders(engine, settings, p
     assert float(responses["value"]) == len(complete_rows(LIMESURVEY))
 
 
+@pytest.mark.slow
 def test_anonymous_free_text_answers_are_quoted(engine, settings, panel):
     report = limesurvey_report(engine, settings)
     expected = {row["0006"].strip() for row in complete_rows(LIMESURVEY) if row["0006"].strip()}

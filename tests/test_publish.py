@@ -153,6 +153,7 @@ def test_the_2019_summary_states_every_figure_of_the_published_report(published_
     assert "Natural Products Canada" in text
 
 
+@pytest.mark.slow
 def test_the_2019_csv_holds_every_figure_of_the_published_report(published_2019):
     header, rows = read_csv(published_2019.csv)
     assert header[:6] == CSV_HEADER

@@ -73,6 +73,7 @@ def answered_2019(engine, round_2019):  # type: ignore[no-untyped-def]
     return 2019
 
 
+@pytest.mark.slow
 def test_each_stakeholder_gets_one_message_with_the_rounds_figures_and_the_summary_attached(
         engine, settings: Settings, answered_2019, tmp_path):
     """Three addresses, three messages: each To one address, subject naming the round, the 2019 figures (23
@@ -101,6 +102,7 @@ def test_each_stakeholder_gets_one_message_with_the_rounds_figures_and_the_summa
     assert all(row.state == "sent" and row.partnership_id is None for row in summary_rows(engine))
 
 
+@pytest.mark.slow
 def test_a_second_run_with_the_same_content_sends_nothing(engine, settings: Settings, answered_2019, tmp_path):
     """Publishing again with the same data gives the same content: nobody gets the summary twice, even when the
     list grows by one address, which gets it alone."""
@@ -117,6 +119,7 @@ def test_a_second_run_with_the_same_content_sends_nothing(engine, settings: Sett
         assert len(session.scalars(select(Publication)).all()) == 3
 
 
+@pytest.mark.slow
 def test_a_republication_with_changed_figures_sends_the_new_summary(engine, settings: Settings, answered_2019,
                                                                     tmp_path):
     """One more partnership answers after the first sending: the new summary (20 responses) goes to everyone."""
@@ -177,6 +180,7 @@ def test_the_cli_prints_the_files_and_what_was_sent(engine, settings: Settings, 
     assert "--send-to" in runner.invoke(app, ["publish", "--help"]).output
 
 
+@pytest.mark.slow
 def test_sendgrid_receives_the_summary_attached_with_the_round_and_summary_categories(
         engine, settings: Settings, answered_2019, tmp_path, monkeypatch: pytest.MonkeyPatch):
     """Through the real sendgrid client: one request, one personalization per stakeholder carrying its outbox
@@ -204,6 +208,7 @@ def test_sendgrid_receives_the_summary_attached_with_the_round_and_summary_categ
     assert f"{len(accepted_reference_rows(2019))} responses" in body["content"][0]["value"]
 
 
+@pytest.mark.slow
 def test_an_smtp_server_receives_one_message_per_stakeholder_with_the_summary_attached(
         engine, settings: Settings, answered_2019, tmp_path, monkeypatch: pytest.MonkeyPatch):
     """Through a real SMTP server (aiosmtpd): one envelope per address, the attachment intact."""
@@ -226,6 +231,7 @@ def test_an_smtp_server_receives_one_message_per_stakeholder_with_the_summary_at
 
 
 @pytest.mark.node
+@pytest.mark.slow
 def test_the_summary_request_with_its_attachment_is_valid_against_sendgrids_spec(tmp_path):
     """Prism serving SendGrid's OpenAPI contract answers 202 to a summary batch (attachment, categories), and
     400 to the same request with the attachment's file name missing (the check can fail)."""

@@ -48,23 +48,25 @@ def test_the_secret_file_is_created_private_with_32_random_bytes(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["token-secret"]  # no temporary file left behind
 
 
+@pytest.mark.slow
 def test_concurrent_first_runs_agree_on_one_secret(tmp_path):
     """Six processes creating the secret at the same moment all end up with the same one, 8 times over."""
     script = textwrap.dedent("""
-        import sys, time
+        import os, sys, time
         from pathlib import Path
         from consult.settings import load_or_create_secret
-        start = float(sys.argv[2])
-        time.sleep(max(0.0, start - time.time()))
+        print("ready", flush=True)
+        while not os.path.exists(sys.argv[2]):  # all six go at once, once all six have imported
+            time.sleep(0.0005)
         print(load_or_create_secret(Path(sys.argv[1])).decode())
     """)
-    import time
-
     for trial in range(8):
         path = tmp_path / f"trial-{trial}" / "token-secret"
-        start = time.time() + 4
-        runs = [subprocess.Popen([sys.executable, "-c", script, str(path), str(start)], cwd=REPO_ROOT,
+        go = tmp_path / f"go-{trial}"
+        runs = [subprocess.Popen([sys.executable, "-c", script, str(path), str(go)], cwd=REPO_ROOT,
                                  stdout=subprocess.PIPE, text=True) for _ in range(6)]
+        assert [run.stdout.readline().strip() for run in runs] == ["ready"] * 6  # type: ignore[union-attr]
+        go.touch()
         secrets_seen = {run.communicate(timeout=60)[0].strip() for run in runs}
         assert len(secrets_seen) == 1 and len(next(iter(secrets_seen))) == 64
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -76,6 +78,7 @@ def test_concurrent_first_runs_agree_on_one_secret(tmp_path):
     ({}, b"", "token-secret: the token secret is empty"),
     ({}, b"0123456789abcdef", "token-secret: the token secret is 16 bytes; at least 32"),
 ])
+@pytest.mark.slow
 def test_an_empty_or_short_secret_is_refused_with_one_line(tmp_path, monkeypatch, environment, file_content, message):
     """An empty (what a crash between creating and writing the file used to leave) or short secret would make
     tokens computable: the command stops with one line and exit status 1."""
@@ -100,6 +103,7 @@ def test_an_empty_or_short_secret_is_refused_with_one_line(tmp_path, monkeypatch
         Settings().resolved_token_secret()
 
 
+@pytest.mark.slow
 def test_a_round_refuses_a_secret_other_than_the_one_it_was_opened_with(engine, settings, round_2019, monkeypatch):
     """The round records its secret's fingerprint (not the secret); exporting tokens, opening it again or sending
     its invitations with another secret stops with one line, and no invitation leaves."""
@@ -182,6 +186,7 @@ def test_limesurvey_participants_round_trip_for_tokens_of_every_first_character(
     assert (summary.files[0].accepted, summary.files[0].quarantined) == (len(codes), 0)
 
 
+@pytest.mark.slow
 def test_tokens_already_mailed_for_a_round_opened_before_still_match(engine, settings, round_2019, tmp_path):
     """A round opened before the letters-and-digits scheme (token_scheme b64url, as migration 0006 marks it) keeps
     its URL-safe base64 tokens: its invitations carry them and its answers match by them."""

@@ -111,6 +111,7 @@ def test_malformed_chunks_and_both_lengths_are_400(server):
     assert _post(port, {}) == 411
 
 
+@pytest.mark.slow
 def test_idle_and_slow_connections_are_closed(server):
     """A connection that sends nothing is closed after the idle timeout (1 s here); a body dripped a byte at a
     time is cut off at the request deadline (2 s here)."""

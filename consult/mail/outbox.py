@@ -38,7 +38,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from consult.errors import ConsultError
 from consult.mail.message import Address, BatchResult, Content, OutgoingBatch, Recipient
-from consult.mail.render import BatchContext, RecipientValues, recipient_substitutions, render_content
 from consult.tokens import check_round_fingerprint, derive_token, response_link
 from db.models import (
     Contact,
@@ -346,6 +345,9 @@ def claim(engine: Engine, batch_key: str, *, mail_from: str, url_template: str,
                                                         (), []), claimed_ids=claimed_ids),
                BatchResult(), reason=str(error))
         raise
+    # Rendering (Jinja2) is imported here, not with the module: `consult outbox` only reads the table.
+    from consult.mail.render import BatchContext, RecipientValues, recipient_substitutions, render_content
+
     sender = Address.parse(mail_from)
     content = render_content(first.kind, BatchContext(
         year=first.year, deadline=first.closes_on, consultation_title=title or "Consultation",

@@ -1,0 +1,257 @@
+"""`consult` in a real child process that starts warm: forked from a process that has already imported the
+command line, its flows, Prefect, Great Expectations and pandas.
+
+Tests run `consult ingest`, `publish`, `invite`... dozens of times. Each fresh interpreter spends 3-4 s importing
+before it does anything; a fork of a warm process starts in milliseconds. The child is still a separate process
+with its own working folder, environment, stdout, stderr and exit status (SIGKILL included), running the same
+``consult.cli.main`` that the console script runs, so what a test asserts about a command is unchanged.
+
+One warm process (the "zygote") per test process, started on first use with the test process's environment
+minus CONSULT_* (so that nothing of one test's settings is imported into it). Prefect reads its settings at
+import, so a command whose PREFECT_* environment differs from the zygote's, or a second command while one is
+running, is started the usual way (``subprocess.Popen`` of the console script) instead.
+
+Protocol (one JSON object per line): the test writes ``{"argv", "cwd", "env", "stdout", "stderr"}``; the zygote
+forks, answers ``{"pid"}``, waits for the child and answers ``{"status"}`` (a negative number: killed by that
+signal, as ``subprocess`` reports it).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONSULT = str(Path(sys.executable).with_name("consult"))
+# What a flow command imports; importing them here is what the children are spared.
+PRELOAD = ("consult.cli", "flows.ingest", "flows.publish", "flows.mailing", "flows.demo", "great_expectations",
+           "pandas", "sqlalchemy.dialects.postgresql", "psycopg")
+
+
+def _prefect_environment(env: dict[str, str]) -> dict[str, str]:
+    return {key: value for key, value in env.items() if key.startswith("PREFECT_")}
+
+
+def _zygote_environment() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if not key.startswith("CONSULT_")}
+
+
+class WarmProcess:
+    """What tests use of ``subprocess.Popen``: pid, poll(), wait(timeout), kill(), returncode, and the
+    command's captured output once it ended (``stdout``/``stderr`` as text)."""
+
+    def __init__(self, zygote: _Zygote, pid: int, out: Path, err: Path) -> None:
+        self._zygote, self.pid, self._out, self._err = zygote, pid, out, err
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = self._zygote.status(timeout=0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            status = self._zygote.status(timeout=timeout)
+            if status is None:
+                raise subprocess.TimeoutExpired(CONSULT, timeout or 0)
+            self.returncode = status
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, 9)
+
+    def output(self) -> tuple[str, str]:
+        return (self._out.read_text(encoding="utf-8", errors="replace"),
+                self._err.read_text(encoding="utf-8", errors="replace"))
+
+
+class _Zygote:
+    def __init__(self) -> None:
+        env = _zygote_environment()
+        self.prefect_env = _prefect_environment(env)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.warm_consult"], cwd=REPO_ROOT, env=env, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, bufsize=0,
+        )
+        self._buffer = b""
+        self.busy = threading.Lock()
+        self.folder = Path(tempfile.mkdtemp(prefix="consult-warm-"))
+        self.count = 0
+        self.ready = False
+
+    def wait_until_ready(self) -> None:
+        if not self.ready:
+            answer = self._read_line(timeout=180)
+            if answer != {"ready": True}:
+                raise RuntimeError(f"the warm consult process did not start: {answer}")
+            self.ready = True
+
+    def _read_line(self, timeout: float | None) -> dict[str, Any] | None:
+        """The zygote's next answer, or None when none came within ``timeout`` seconds (read from the pipe's
+        descriptor, not through a buffered file, so that select() sees every answer not yet read)."""
+        fd = self.process.stdout.fileno()  # type: ignore[union-attr]
+        while b"\n" not in self._buffer:
+            readable, _, _ = select.select([fd], [], [], timeout)
+            if not readable:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise RuntimeError(f"the warm consult process exited ({self.process.poll()})")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def start(self, argv: list[str], cwd: Path, env: dict[str, str]) -> WarmProcess:
+        self.count += 1
+        out, err = self.folder / f"{self.count}.out", self.folder / f"{self.count}.err"
+        request = {"argv": argv, "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}
+        self.process.stdin.write(json.dumps(request).encode() + b"\n")  # type: ignore[union-attr]
+        answer = self._read_line(timeout=60)
+        if not answer or "pid" not in answer:
+            raise RuntimeError(f"the warm consult process did not fork: {answer}")
+        return WarmProcess(self, answer["pid"], out, err)
+
+    def status(self, timeout: float | None) -> int | None:
+        answer = self._read_line(timeout)
+        if answer is None:
+            return None
+        self.busy.release()
+        return int(answer["status"])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()  # type: ignore[union-attr]
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+_zygote: _Zygote | None = None
+
+
+def prestart() -> None:
+    """Start importing in the zygote now, in the background (the test process's first command then finds it
+    ready rather than waiting ~5 s for its imports)."""
+    global _zygote
+    if _zygote is None or _zygote.process.poll() is not None:
+        _zygote = _Zygote()
+        atexit.register(_zygote.stop)
+
+
+def _warm() -> _Zygote:
+    prestart()
+    assert _zygote is not None
+    _zygote.wait_until_ready()
+    return _zygote
+
+
+class _ColdProcess(subprocess.Popen):  # type: ignore[type-arg]
+    """The fallback: the console script in a fresh interpreter, output captured to files like a warm one."""
+
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str]) -> None:
+        folder = Path(tempfile.mkdtemp(prefix="consult-cold-"))
+        self._out, self._err = folder / "out", folder / "err"
+        with self._out.open("wb") as out, self._err.open("wb") as err:
+            super().__init__([CONSULT, *argv], cwd=cwd, env=env, stdout=out, stderr=err)
+
+    def output(self) -> tuple[str, str]:
+        return (self._out.read_text(encoding="utf-8", errors="replace"),
+                self._err.read_text(encoding="utf-8", errors="replace"))
+
+
+def start_consult(argv: list[str], *, cwd: Path, env: dict[str, str]) -> WarmProcess | _ColdProcess:
+    """``consult ARGV`` in a child process with exactly ``env`` as its environment, started warm when it can."""
+    zygote = _warm()
+    if _prefect_environment(env) != zygote.prefect_env or not zygote.busy.acquire(blocking=False):
+        return _ColdProcess(argv, cwd, env)
+    try:
+        return zygote.start(argv, cwd, env)
+    except BaseException:
+        zygote.busy.release()
+        raise
+
+
+def run_consult(argv: list[str], *, cwd: Path, env: dict[str, str],
+                timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Like ``subprocess.run([consult, *argv], capture_output=True, text=True)``."""
+    process = start_consult(argv, cwd=cwd, env=env)
+    try:
+        code = process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
+        raise
+    stdout, stderr = process.output()
+    return subprocess.CompletedProcess([CONSULT, *argv], code, stdout, stderr)
+
+
+# --- the zygote ----------------------------------------------------------------------------------------------
+
+
+def _child(request: dict[str, Any]) -> None:
+    """In the forked child: become `consult ARGV` in CWD with ENV, output to the given files, and exit with
+    the command's status. An exception outside the command reaches _serve's caller: traceback, status 1."""
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(target, fd)
+        os.close(target)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    sys.argv = [CONSULT, *request["argv"]]
+    from consult.cli import main
+
+    code = 0
+    try:
+        main()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    # As the interpreter would at exit (Prefect sends the run's last logs to the API in an atexit handler),
+    # without tearing down every module the zygote imported, which costs a second per child.
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _serve() -> None:
+    import importlib
+
+    for module in PRELOAD:
+        importlib.import_module(module)
+    import gc
+
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    # As in the test process (tests/conftest.py): no heartbeat thread for the run to wait for at its end.
+    temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}).__enter__()
+    gc.collect()
+    gc.freeze()  # what the zygote imported is never collected in a child: its pages stay shared, not copied
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:
+            _child(request)
+        print(json.dumps({"pid": pid}), flush=True)
+        _, status = os.waitpid(pid, 0)
+        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        print(json.dumps({"status": code}), flush=True)
+
+
+if __name__ == "__main__":
+    _serve()
