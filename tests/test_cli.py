@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests import warm_consult
 from tests.conftest import EXAMPLES
-
-CONSULT = str(Path(sys.executable).parent / "consult")
 
 COMMANDS = [
     ["db", "upgrade"], ["panel", "import"], ["round", "open"], ["round", "participants"], ["round", "close"],

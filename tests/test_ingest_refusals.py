@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import os
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from db.models import IngestedFile, QuarantinedRow, Response
 from tests import warm_consult
 from tests.conftest import EXAMPLES
 
-CONSULT = str(Path(sys.executable).parent / "consult")
 # A file refused before anything is stored meets either database the same way: one database is enough.
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 HEADER = (EXAMPLES / "responses-2019.csv").read_text(encoding="utf-8").splitlines()[0]
