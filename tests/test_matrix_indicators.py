@@ -26,6 +26,13 @@ def complete_rows(path: Path) -> list[dict[str, str]]:
         return [row for row in csv.DictReader(handle) if row["Completed"].strip()]
 
 
+def overall_counts(report, code: str, key=lambda key: key) -> dict:  # type: ignore[no-untyped-def]
+    """The published count per answer of ``code`` over all respondents (no breakdown group)."""
+    found = report.stat_rows(code, "count")
+    found = found[found["group"] == ""]
+    return {key(k): float(v) for k, v in zip(found["key"], found["value"], strict=True)}
+
+
 def limesurvey_report(engine, settings):  # type: ignore[no-untyped-def]
     """The real LimeSurvey export ingested into its anonymous 2013 round, and that round's indicators."""
     year = open_tool_round(engine, settings, REAL / "limesurvey" / "questionnaire.yaml", 2013, dt.date(2013, 12, 31))
@@ -41,16 +48,12 @@ def test_matrix_rows_are_published_like_scale_and_select_questions(engine, setti
     for sub in ("SQ001", "SQ002", "SQ003"):
         values = [AGREEMENT[row[f"0019 [{sub}]"]] for row in rows if row[f"0019 [{sub}]"] in AGREEMENT]
         counts = Counter(values)
-        found = report.stat_rows(f"0019[{sub}]", "count")
-        found = found[found["group"] == ""]
-        assert {str(k): float(v) for k, v in zip(found["key"], found["value"], strict=True)} == {
+        assert overall_counts(report, f"0019[{sub}]", str) == {
             str(value): float(counts.get(value, 0)) for value in range(1, 6)}
         assert float(report.stat_row(f"0019[{sub}]", "mean")["value"]) == statistics.mean(values)
     for sub in ("SQ001", "SQ002", "SQ003", "SQ004", "SQ005", "SQ006"):
         counts = Counter(WHO_PAYS[row[f"0016 [{sub}]"]] for row in rows if row[f"0016 [{sub}]"] in WHO_PAYS)
-        found = report.stat_rows(f"0016[{sub}]", "count")
-        found = found[found["group"] == ""]
-        assert {k: float(v) for k, v in zip(found["key"], found["value"], strict=True)} == {
+        assert overall_counts(report, f"0016[{sub}]") == {
             code: float(counts.get(code, 0)) for code in ("A1", "A2", "A3")}
 
 
@@ -118,16 +121,12 @@ def test_real_eusurvey_matrix_and_rating_rows_are_published(engine, settings, pa
     sets = eusurvey_answer_sets(EUSURVEY_REAL)
     for row in ("ID17", "ID18", "ID19"):
         counts = Counter(found[row][0] for found in sets if row in found)
-        found = report.stat_rows(f"ID12[{row}]", "count")
-        found = found[found["group"] == ""]
-        assert {k: float(v) for k, v in zip(found["key"], found["value"], strict=True)} == {
+        assert overall_counts(report, f"ID12[{row}]") == {
             code: float(counts.get(code, 0)) for code in ("ID14", "ID15", "ID16")}
     for row in ("ID390", "ID391"):
         stars = [int(found[row][0].split("/")[0]) for found in sets if row in found]
         counts = Counter(stars)
-        found = report.stat_rows(f"ID34[{row}]", "count")
-        found = found[found["group"] == ""]
-        assert {str(k): float(v) for k, v in zip(found["key"], found["value"], strict=True)} == {
+        assert overall_counts(report, f"ID34[{row}]", str) == {
             str(value): float(counts.get(value, 0)) for value in range(1, 8)}
         assert float(report.stat_row(f"ID34[{row}]", "mean")["value"]) == statistics.mean(stars)
     table = matrix_table(report, report.questionnaire.question("ID12"))
