@@ -44,6 +44,10 @@ def _zygote_environment() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if not key.startswith("CONSULT_")}
 
 
+def _captured(out: Path, err: Path) -> tuple[str, str]:
+    return out.read_text(encoding="utf-8", errors="replace"), err.read_text(encoding="utf-8", errors="replace")
+
+
 class WarmProcess:
     """What tests use of ``subprocess.Popen``: pid, poll(), wait(timeout), kill(), returncode, and the
     command's captured output once it ended (``stdout``/``stderr`` as text)."""
@@ -70,8 +74,7 @@ class WarmProcess:
             os.kill(self.pid, 9)
 
     def output(self) -> tuple[str, str]:
-        return (self._out.read_text(encoding="utf-8", errors="replace"),
-                self._err.read_text(encoding="utf-8", errors="replace"))
+        return _captured(self._out, self._err)
 
 
 class _Zygote:
@@ -148,13 +151,6 @@ def prestart() -> None:
         atexit.register(_zygote.stop)
 
 
-def _warm() -> _Zygote:
-    prestart()
-    assert _zygote is not None
-    _zygote.wait_until_ready()
-    return _zygote
-
-
 class _ColdProcess(subprocess.Popen):  # type: ignore[type-arg]
     """The fallback: the console script in a fresh interpreter, output captured to files like a warm one."""
 
@@ -165,16 +161,18 @@ class _ColdProcess(subprocess.Popen):  # type: ignore[type-arg]
             super().__init__([CONSULT, *argv], cwd=cwd, env=env, stdout=out, stderr=err)
 
     def output(self) -> tuple[str, str]:
-        return (self._out.read_text(encoding="utf-8", errors="replace"),
-                self._err.read_text(encoding="utf-8", errors="replace"))
+        return _captured(self._out, self._err)
 
 
 def start_consult(argv: list[str], *, cwd: Path, env: dict[str, str]) -> WarmProcess | _ColdProcess:
     """``consult ARGV`` in a child process with exactly ``env`` as its environment, started warm when it can."""
-    zygote = _warm()
+    prestart()
+    zygote = _zygote
+    assert zygote is not None
     if _prefect_environment(env) != zygote.prefect_env or not zygote.busy.acquire(blocking=False):
         return _ColdProcess(argv, cwd, env)
     try:
+        zygote.wait_until_ready()
         return zygote.start(argv, cwd, env)
     except BaseException:
         zygote.busy.release()
