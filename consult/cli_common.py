@@ -28,6 +28,11 @@ class _FlowConsoleFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        # Prefect's progress note while its background services (logger "EventsWorker"...) finish sending a
+        # run's events at exit, "Still processing items: 3 items remaining...": a warning, but nothing is wrong
+        # and nothing is lost.
+        if record.getMessage().startswith("Still processing items"):
+            return False
         if not record.name.startswith(("prefect", "uvicorn", "fastapi")):
             return True
         return record.levelno == logging.WARNING
