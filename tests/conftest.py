@@ -78,7 +78,7 @@ def pytest_configure(config: pytest.Config) -> None:
     home = Path(tempfile.mkdtemp(prefix="consult-test-prefect-"))
     # Started without waiting: the ~10 s it takes to migrate its database overlap collection; the first test
     # of each process waits for it (prefect_server_url).
-    server = PrefectServer(home=home).start(wait=False)
+    server = PrefectServer(home=home, lean=True).start(wait=False)
     config.add_cleanup(lambda: shutil.rmtree(home, ignore_errors=True))
     config.add_cleanup(server.stop)
     os.environ["PREFECT_API_URL"] = server.api_url

@@ -24,6 +24,9 @@ import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PREFECT_BIN = Path(sys.executable).with_name("prefect")
+# Background services of a Prefect server whose work no test of the session's server reads (see `lean`).
+UNREAD_SERVICES = ("EVENT_PERSISTER", "TRIGGERS", "LATE_RUNS", "FOREMAN", "CANCELLATION_CLEANUP",
+                   "PAUSE_EXPIRATIONS")
 
 
 def free_port() -> int:
@@ -50,6 +53,12 @@ class PrefectServer:
     home: Path
     port: int = field(default_factory=free_port)
     scheduler: bool = False
+    # The session's server (tests/conftest.py) serves hundreds of flow runs and no worker, deployment or
+    # automation: the background services nothing there reads (the event feed's store, automations, late-run
+    # marking, worker health, cancellation and pause clean-up) are off, sparing it their CPU on a 2-core
+    # machine. Task runs (built from events by the task run recorder) and concurrency leases (the repossessor)
+    # stay as in production.
+    lean: bool = False
     process: subprocess.Popen[bytes] | None = None
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -85,6 +94,8 @@ class PrefectServer:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if self.lean:
+            env.update({f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in UNREAD_SERVICES})
         return env
 
     def start(self, timeout: float = 120, wait: bool = True) -> PrefectServer:
