@@ -95,10 +95,12 @@ with session_scope(engine) as session:
 """,
 }
 
-# A flow of N no-op tasks, called one after another as the command's flow calls its stages.
+# A flow of N no-op tasks, called one after another as the command's flow calls its stages, without heartbeats
+# as a command runs its flows (consult.cli_common.foreground_prefect).
 BARE_FLOW = """
 import sys
 from prefect import flow, task
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 @task
 def stage(i: int) -> int:
@@ -108,7 +110,8 @@ def stage(i: int) -> int:
 def bare(n: int) -> int:
     return sum(stage(i) for i in range(n))
 
-bare(int(sys.argv[1]))
+with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    bare(int(sys.argv[1]))
 """
 
 

@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 import typer
 from sqlalchemy import Engine
 
-from consult.cli_common import YearArg, prefect_ready, quiet_prefect_console
+from consult.cli_common import YearArg, prefect_ready, foreground_prefect
 from consult.errors import ConsultError, find_cause
 from consult.settings import EXAMPLES_DIR, get_settings
 from db.engine import open_database
@@ -169,7 +169,7 @@ def demo(
     """Run the 2019 and 2020 reference ESCP-4i rounds end to end on the embedded defaults."""
     prefect_ready()
     from flows.demo import REFERENCE_ROUNDS, run_demo
-    quiet_prefect_console()
+    foreground_prefect()
 
     results = run_demo(EXAMPLES_DIR / "escp4i", out)
     settings = get_settings()

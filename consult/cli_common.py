@@ -38,11 +38,29 @@ class _FlowConsoleFilter(logging.Filter):
         return record.levelno == logging.WARNING
 
 
-def quiet_prefect_console() -> None:
-    """Install :class:`_FlowConsoleFilter` on Prefect's console handlers (call after importing a flow, which
-    sets up Prefect's logging); CONSULT_DEBUG=1 keeps Prefect's full console output."""
+# The settings context of a command's flow runs, kept for the life of the command: a context manager that is
+# collected would run its `finally` and restore the settings it changed.
+_foreground_settings: list[object] = []
+
+
+def foreground_prefect() -> None:
+    """Prefect as a command run in the foreground wants it (call after importing a flow, which sets up
+    Prefect's logging):
+
+    - on the console, warnings only: :class:`_FlowConsoleFilter` on Prefect's console handlers
+      (CONSULT_DEBUG=1 keeps Prefect's full console output);
+    - no heartbeats. They let a server mark as crashed a run whose process died with no one watching (a
+      deployed run on a worker, where they stay on); a command's runs are watched by the person who started
+      it, and each flow run (subflows too) would wait up to a second at its end for the heartbeat thread.
+    """
     # An engine that runs offline sends no usage data (and prints no failure to send it).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    if not _foreground_settings:
+        no_heartbeats = temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+        no_heartbeats.__enter__()
+        _foreground_settings.append(no_heartbeats)
     if os.environ.get("CONSULT_DEBUG"):
         return
     from prefect.logging.handlers import PrefectConsoleHandler

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from sqlalchemy import Engine
 
-from consult.cli_common import YearArg, prefect_ready, quiet_prefect_console
+from consult.cli_common import YearArg, prefect_ready, foreground_prefect
 from consult.errors import ConsultError
 from consult.settings import get_settings
 from db.engine import open_database
@@ -37,7 +37,7 @@ def ingest(
     _engine()
     prefect_ready()
     from flows.ingest import ingest_responses
-    quiet_prefect_console()
+    foreground_prefect()
 
     summary = ingest_responses(year, [str(path) for path in files])
     for item in summary.files:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from sqlalchemy import Engine
 
-from consult.cli_common import YearArg, prefect_ready, quiet_prefect_console
+from consult.cli_common import YearArg, prefect_ready, foreground_prefect
 from consult.errors import ConsultError
 from consult.settings import get_settings
 from db.engine import open_database
@@ -29,7 +29,7 @@ def invite(year: YearArg) -> None:
     _engine()
     prefect_ready()
     from flows.mailing import send_invitations
-    quiet_prefect_console()
+    foreground_prefect()
 
     report = send_invitations(year)
     typer.echo(f"invitations for {year}: {report}")
@@ -46,7 +46,7 @@ def remind(
     _engine()
     prefect_ready()
     from flows.mailing import send_reminders
-    quiet_prefect_console()
+    foreground_prefect()
 
     report = send_reminders(year, force=force)
     if report.sequence is None:
@@ -63,7 +63,7 @@ def thank(year: YearArg) -> None:
     _engine()
     prefect_ready()
     from flows.mailing import send_thank_yous
-    quiet_prefect_console()
+    foreground_prefect()
 
     report = send_thank_yous(year)
     typer.echo(f"thank-yous for {year}: {report}")

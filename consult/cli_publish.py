@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from consult.cli_common import YearArg, prefect_ready, quiet_prefect_console
+from consult.cli_common import YearArg, prefect_ready, foreground_prefect
 from consult.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True)
@@ -37,11 +37,11 @@ def publish(
     prefect_ready()
     if send_to is None:
         from flows.publish import compute_and_publish
-        quiet_prefect_console()
+        foreground_prefect()
         result = compute_and_publish(year, str(out) if out else None)
     else:
         from flows.publish_send import publish_and_send_summary
-        quiet_prefect_console()
+        foreground_prefect()
         result, mail_report = publish_and_send_summary(year, str(send_to), str(out) if out else None)
     for label, path in result.paths_by_label().items():
         typer.echo(f"{label + ':':<22} {path}")

@@ -76,3 +76,22 @@ def test_an_unreachable_database_is_one_line(tmp_path):
     line = one_line_error(consult("db", "upgrade", cwd=tmp_path,
                                   env={"CONSULT_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/none"}))
     assert line.startswith("error: cannot reach the database postgresql+psycopg://nobody@127.0.0.1:1/none")
+
+
+def test_a_flow_command_runs_its_flows_without_heartbeats_for_its_whole_life():
+    """A command's flow runs send no heartbeats (each run would wait up to a second for the heartbeat thread
+    at its end), and the setting holds after garbage collection: a fresh interpreter, as a command has."""
+    import sys
+
+    script = (
+        "import gc; from consult.cli_common import foreground_prefect; foreground_prefect(); gc.collect()\n"
+        "from prefect.settings import get_current_settings\n"
+        "print(get_current_settings().flows.heartbeat_frequency)\n"
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_FLOWS")}
+    default = subprocess.run([sys.executable, "-c", "from prefect.settings import get_current_settings; "
+                              "print(get_current_settings().flows.heartbeat_frequency)"],
+                             env=env, capture_output=True, text=True, check=True)
+    assert default.stdout.strip() != "None"  # Prefect's default: heartbeats on
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "None"

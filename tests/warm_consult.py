@@ -225,9 +225,6 @@ def _child(request: dict[str, Any]) -> None:
     os._exit(code)
 
 
-_no_heartbeats: Any = None
-
-
 def _serve() -> None:
     import importlib
 
@@ -235,13 +232,6 @@ def _serve() -> None:
         importlib.import_module(module)
     import gc
 
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    # As in the test process (tests/conftest.py): no heartbeat thread for the run to wait for at its end. The
-    # context manager is kept: once collected, its generator's `finally` would restore the setting.
-    global _no_heartbeats
-    _no_heartbeats = temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
-    _no_heartbeats.__enter__()
     gc.collect()
     gc.freeze()  # what the zygote imported is never collected in a child: its pages stay shared, not copied
     print(json.dumps({"ready": True}), flush=True)
