@@ -395,9 +395,13 @@ def start_warm(settings: Settings, api_url: str, *, wait: bool) -> str | None:
         current = warm.status(files.folder)
         if current.running and current.api_url == api_url:
             return f"warm command process already running (pid {current.pid})"
-        if current.running or current.alive:
-            warm.stop(files.folder)  # it imported Prefect for another server (this one was restarted)
-        pid = warm.spawn(files.folder, api_url)
+        if current.alive and current.api_url == api_url:
+            pid = current.pid  # still importing (another command started it): wait for it too
+        else:
+            if current.alive:
+                warm.stop(files.folder)  # it imported Prefect for another server (this one was restarted)
+            pid = warm.spawn(files.folder, api_url)
+    assert pid is not None
     if not wait:
         return None
     if warm.wait_ready(files.folder, pid):

@@ -71,7 +71,7 @@ class WarmStatus:
     pid: int | None
     running: bool  # answers on its socket
     alive: bool = False  # the recorded process exists (it may still be importing)
-    api_url: str | None = None  # the Prefect API it imported Prefect with
+    api_url: str | None = None  # the Prefect API it imports Prefect with
 
 
 def import_time_environment(environ: dict[str, str]) -> dict[str, str]:
@@ -79,10 +79,16 @@ def import_time_environment(environ: dict[str, str]) -> dict[str, str]:
             if key.startswith(IMPORT_TIME_PREFIXES) or key in IMPORT_TIME_NAMES}
 
 
-def _recorded_pid(files: WarmFiles) -> int | None:
+def _recorded(files: WarmFiles) -> tuple[int | None, str | None]:
+    """The pid file: the warm process's pid, then the Prefect API it was started for."""
     with contextlib.suppress(OSError, ValueError):
-        return int(files.pid.read_text().strip())
-    return None
+        lines = files.pid.read_text().splitlines()
+        return int(lines[0]), (lines[1] if len(lines) > 1 else None)
+    return None, None
+
+
+def _recorded_pid(files: WarmFiles) -> int | None:
+    return _recorded(files)[0]
 
 
 def _is_warm_process(pid: int) -> bool:
@@ -100,7 +106,8 @@ def status(folder: Path) -> WarmStatus:
     answer = launcher.ping(str(folder))
     if answer and answer.get("ready"):
         return WarmStatus(pid=int(answer["pid"]), running=True, alive=True, api_url=answer.get("api_url"))
-    return WarmStatus(pid=pid, running=False, alive=pid is not None and _is_warm_process(pid))
+    alive = pid is not None and _is_warm_process(pid)
+    return WarmStatus(pid=pid, running=False, alive=alive, api_url=_recorded(files)[1] if alive else None)
 
 
 def spawn(folder: Path, api_url: str) -> int:
@@ -116,7 +123,7 @@ def spawn(folder: Path, api_url: str) -> int:
             [sys.executable, "-c", _ENTRY, str(folder)], env=env, cwd=folder, stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
         )
-    files.pid.write_text(f"{process.pid}\n")
+    files.pid.write_text(f"{process.pid}\n{api_url}\n")
     return process.pid
 
 
@@ -285,8 +292,8 @@ class _WarmServer:
         with contextlib.suppress(OSError):
             if os.stat(launcher.SOCKET_NAME).st_ino == self.socket_inode:
                 os.unlink(launcher.SOCKET_NAME)
-        with contextlib.suppress(OSError, ValueError):
-            if int(Path(launcher.PID_NAME).read_text().strip()) == os.getpid():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(Path(launcher.PID_NAME).read_text().split()[0]) == os.getpid():
                 os.unlink(launcher.PID_NAME)
 
     def _terminate(self, running: _Running) -> None:
