@@ -390,6 +390,10 @@ class _WarmServer:
             return "another data folder"
         wanted = import_time_environment(env)
         if "PREFECT_API_URL" not in wanted:
+            # As ensure_prefect_api would: the local server's, which must be running (else the cold command
+            # starts one, perhaps on another port, and a new warm process for it).
+            if not self._local_server_alive():
+                return "the local Prefect server is not running"
             with contextlib.suppress(OSError, ValueError, KeyError):
                 wanted["PREFECT_API_URL"] = json.loads((self.files.folder / "server.json").read_text())["url"] + "/api"
         differing = sorted(key for key in wanted.keys() | self.own.keys() if wanted.get(key) != self.own.get(key))
@@ -399,6 +403,14 @@ class _WarmServer:
                 cwd / "pyproject.toml", "tool.prefect"):
             return "Prefect settings files in the working folder"
         return None
+
+    def _local_server_alive(self) -> bool:
+        try:
+            pid = int((self.files.folder / "server.pid").read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return False
+        return True
 
     def _changed_code(self) -> str | None:
         for folder in self.code_folders:
