@@ -212,6 +212,7 @@ def run_warm(argv: list[str]) -> int | None:
             except (OSError, ValueError):
                 answer = None
             if not answer or "status" not in answer:
+                _wait_gone(child["pid"])  # not before the command has finished writing to our output
                 sys.stderr.write(f"error: the warm consult process stopped while running the command (pid "
                                  f"{child['pid']}): its outcome is unknown; see {os.path.join(folder, LOG_NAME)}\n")
                 return 1
@@ -222,6 +223,19 @@ def run_warm(argv: list[str]) -> int | None:
             signal.signal(signum, handler)
         if child["pid"] is None and pending:
             signal.raise_signal(pending[0])  # interrupted before anything started: as the cold command would be
+
+
+def _wait_gone(pid: int) -> None:
+    """Until ``pid`` (not our child: the warm process's) has ended."""
+    while True:
+        try:
+            os.kill(pid, 0)
+            with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+                if stat.read().rsplit(")", 1)[-1].split()[0] == "Z":
+                    return
+        except OSError:
+            return
+        time.sleep(0.1)
 
 
 def interpreter() -> dict:

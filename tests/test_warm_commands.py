@@ -185,6 +185,17 @@ def test_changed_code_makes_the_next_command_cold_and_the_warm_process_exit(fold
     assert warm_pid(folder) != warm  # `consult server start` starts a fresh one
 
 
+def test_other_prefect_settings_make_the_command_run_cold(folder: Folder) -> None:
+    """Prefect reads its settings when it is imported: the warm process's would not be the command's."""
+    warm_pid(folder)
+    process = folder.start("ingest", "not-a-year", RESPONSES, env={"PREFECT_LOGGING_LEVEL": "DEBUG"})
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2 and "'not-a-year' is not a year" in stderr
+    assert served_warm(folder, process.pid) is None
+    assert "settings read at import differ: PREFECT_LOGGING_LEVEL; it runs cold" in folder.log()
+    assert "DEBUG" not in folder.log()  # names, never values
+
+
 def test_server_stop_stops_the_warm_process(folder: Folder) -> None:
     warm = warm_pid(folder)
     status = folder.consult("server", "status")
