@@ -395,11 +395,11 @@ def start_warm(settings: Settings, api_url: str, *, wait: bool) -> str | None:
         current = warm.status(files.folder)
         if current.running and current.api_url == api_url:
             return f"warm command process already running (pid {current.pid})"
-        if current.alive and current.api_url == api_url:
+        if current.alive and current.api_url == api_url and not current.stale:
             pid = current.pid  # still importing (another command started it): wait for it too
         else:
-            if current.alive:
-                warm.stop(files.folder)  # it imported Prefect for another server (this one was restarted)
+            if current.alive:  # code changed since it started, or it imported Prefect for another server
+                warm.stop(files.folder)
             pid = warm.spawn(files.folder, api_url)
     assert pid is not None
     if not wait:
@@ -417,6 +417,9 @@ def warm_status_line(settings: Settings) -> str:
     current = warm.status(server_files(settings).folder)
     if current.running:
         return f"warm command process running (pid {current.pid}): flow commands start warm"
+    if current.stale:
+        return (f"warm command process (pid {current.pid}) exits: code changed since it started; flow commands run "
+                "cold (`consult server start` starts a fresh one)")
     if current.alive:
         return f"warm command process (pid {current.pid}) is starting: flow commands run cold until it is ready"
     return "warm command process not running: flow commands run cold (`consult server start` starts it)"

@@ -72,6 +72,7 @@ class WarmStatus:
     running: bool  # answers on its socket
     alive: bool = False  # the recorded process exists (it may still be importing)
     api_url: str | None = None  # the Prefect API it imports Prefect with
+    stale: bool = False  # code changed since it started: it is exiting
 
 
 def import_time_environment(environ: dict[str, str]) -> dict[str, str]:
@@ -106,6 +107,9 @@ def status(folder: Path) -> WarmStatus:
     answer = launcher.ping(str(folder))
     if answer and answer.get("ready"):
         return WarmStatus(pid=int(answer["pid"]), running=True, alive=True, api_url=answer.get("api_url"))
+    if answer and answer.get("stale"):
+        return WarmStatus(pid=int(answer["pid"]), running=False, alive=True, api_url=answer.get("api_url"),
+                          stale=True)
     alive = pid is not None and _is_warm_process(pid)
     return WarmStatus(pid=pid, running=False, alive=alive, api_url=_recorded(files)[1] if alive else None)
 
@@ -317,9 +321,13 @@ class _WarmServer:
                 return
             request, fds = self._read_request(connection)
             if request.get("kind") == "ping":
-                self._answer(connection, {"ready": True, "pid": os.getpid(), "started": self.started,
-                                          "api_url": self.own.get("PREFECT_API_URL")})
+                changed = self._changed_code()
+                self._answer(connection, {"ready": not changed, "stale": bool(changed), "pid": os.getpid(),
+                                          "started": self.started, "api_url": self.own.get("PREFECT_API_URL")})
                 connection.close()
+                if changed:
+                    _log(f"code changed since the start ({changed}): exiting")
+                    self.stopping = "code changed since the start"
                 return
             refusal = self._refusal(request, fds)
             command = " ".join(request["argv"][1:3])
