@@ -171,7 +171,10 @@ def ping(folder: str, timeout: float = 2.0) -> dict | None:
 
 def run_warm(argv: list[str]) -> int | None:
     """Run the command in the warm process: its exit status, or None to run it cold."""
-    cwd = os.getcwd()
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        return None  # the working folder was removed: the cold command says what that means
     folder = server_folder(os.environ, cwd)
     if consult_setting("prefect", os.environ, cwd) == "ephemeral" or not _private_folder(folder):
         return None

@@ -7,6 +7,9 @@ the default is one long-lived `prefect server start` whose database lives in the
 start|status|stop`` manage it; a flow command starts it when none runs (``ensure_prefect_api``).
 ``CONSULT_PREFECT=ephemeral`` keeps Prefect's temporary server for one-off scripts and CI.
 
+Beside the server runs the warm command process (consult/warm.py) that flow commands start in: ``start_warm``
+starts it (``consult server start``, and a flow command that started the server), ``stop`` stops it first.
+
 Nothing here imports Prefect: this module runs before a flow command imports its flow, so that the
 PREFECT_API_URL it sets is the one Prefect reads.
 """
