@@ -178,6 +178,11 @@ def run_warm(argv: list[str]) -> int | None:
     folder = server_folder(os.environ, cwd)
     if consult_setting("prefect", os.environ, cwd) == "ephemeral" or not _private_folder(folder):
         return None
+    try:
+        for fd in (0, 1, 2):
+            os.fstat(fd)  # a closed one would be taken by the connection's socket, then handed over as itself
+    except OSError:
+        return None
     child = {"pid": None}
     pending: list[int] = []
 
