@@ -221,7 +221,7 @@ _register_stage_commands()
 
 def main() -> None:
     if Path(sys.argv[0]).name == "consult" and "coverage" not in sys.modules:
-        atexit.register(_end_without_teardown)
+        end_without_teardown_at_exit()
     try:
         _main()
     except SystemExit as stop:
@@ -255,6 +255,15 @@ def _main() -> None:
 
 
 _EXIT_CODE = {"code": 0}
+_TEARDOWN = {"registered": False}
+
+
+def end_without_teardown_at_exit() -> None:
+    """Register :func:`_end_without_teardown` once per process, before any flow is imported (the warm command
+    process, consult/warm.py, registers it before its imports; its children then keep that order)."""
+    if not _TEARDOWN["registered"]:
+        atexit.register(_end_without_teardown)
+        _TEARDOWN["registered"] = True
 
 
 def _end_without_teardown() -> None:

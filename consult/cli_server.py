@@ -18,7 +18,8 @@ def server_start(
                                              "else a free one).", min=1, max=65535)] = None,
 ) -> None:
     """Start the local Prefect server in the background (its database in CONSULT_DATA_DIR/prefect/), unless it
-    runs already; it keeps running until `consult server stop`."""
+    runs already; it keeps running until `consult server stop`. Also the warm command process that flow
+    commands start in (consult/warm.py; CONSULT_WARM=0: none)."""
     from consult import local_prefect
 
     result = local_prefect.start(get_settings(), port=port)
@@ -26,6 +27,9 @@ def server_start(
         typer.echo(note)
     verb = "started" if result.started else "already running"
     typer.echo(f"local Prefect server {verb} (pid {result.pid}): UI at {result.url}, API at {result.api_url}")
+    warm_line = local_prefect.start_warm(get_settings(), result.api_url, wait=True)
+    if warm_line:
+        typer.echo(warm_line)
 
 
 @app.command("status")
@@ -37,6 +41,7 @@ def server_status() -> None:
     current = local_prefect.status(settings)
     if current.running:
         typer.echo(f"local Prefect server running (pid {current.pid}): UI at {current.url}, API at {current.api_url}")
+        typer.echo(local_prefect.warm_status_line(settings))
         return
     if current.alive:
         typer.echo(f"local Prefect server (pid {current.pid}) is starting or not answering at {current.url}; "
@@ -46,12 +51,14 @@ def server_status() -> None:
                    "`consult server start` replaces it)")
     else:
         typer.echo("local Prefect server not running: `consult server start` starts it")
+    typer.echo(local_prefect.warm_status_line(settings))
     raise typer.Exit(3)
 
 
 @app.command("stop")
 def server_stop() -> None:
-    """Stop the local Prefect server (its database, runs and artifacts stay for the next start)."""
+    """Stop the local Prefect server (its database, runs and artifacts stay for the next start) and the warm
+    command process."""
     from consult import local_prefect
 
     typer.echo(local_prefect.stop(get_settings()))

@@ -7,6 +7,9 @@ the default is one long-lived `prefect server start` whose database lives in the
 start|status|stop`` manage it; a flow command starts it when none runs (``ensure_prefect_api``).
 ``CONSULT_PREFECT=ephemeral`` keeps Prefect's temporary server for one-off scripts and CI.
 
+Beside the server runs the warm command process (consult/warm.py) that flow commands start in: ``start_warm``
+starts it (``consult server start``, and a flow command that started the server), ``stop`` stops it first.
+
 Nothing here imports Prefect: this module runs before a flow command imports its flow, so that the
 PREFECT_API_URL it sets is the one Prefect reads.
 """
@@ -363,15 +366,66 @@ def stop(settings: Settings) -> str:
     """Stop the local server if it runs; return what happened, in one line."""
     files = server_files(settings)
     with _exclusive(files):
-        current = status(settings)
-        if current.pid is None:
-            return "no local Prefect server is recorded for this data folder; nothing to stop"
-        if current.stale:
-            _remove_records(files)
-            return f"the local Prefect server (pid {current.pid}) had already stopped; removed its stale pid file"
-        _terminate(current.pid)
+        from consult import warm
+
+        # First the warm command process, so that no command starts in it while the server goes.
+        warm_line = warm.stop(files.folder)
+        said = _stop_server(settings, files)
+    return said + (f"\n{warm_line}" if warm_line else "")
+
+
+def _stop_server(settings: Settings, files: ServerFiles) -> str:
+    current = status(settings)
+    if current.pid is None:
+        return "no local Prefect server is recorded for this data folder; nothing to stop"
+    if current.stale:
         _remove_records(files)
-        return f"stopped the local Prefect server (pid {current.pid}) at {current.url}"
+        return f"the local Prefect server (pid {current.pid}) had already stopped; removed its stale pid file"
+    _terminate(current.pid)
+    _remove_records(files)
+    return f"stopped the local Prefect server (pid {current.pid}) at {current.url}"
+
+
+def start_warm(settings: Settings, api_url: str, *, wait: bool) -> str | None:
+    """Start the warm command process of this data folder (consult/warm.py) unless one runs for ``api_url``;
+    with ``wait``, until it answers. A line to print, or None (CONSULT_WARM=0: none is started)."""
+    from consult import warm
+
+    if os.environ.get("CONSULT_WARM", "") == "0":
+        return None
+    files = server_files(settings)
+    with _exclusive(files):
+        current = warm.status(files.folder)
+        if current.running and current.api_url == api_url:
+            return f"warm command process already running (pid {current.pid})"
+        if current.alive and current.api_url == api_url and not current.stale:
+            pid = current.pid  # still importing (another command started it): wait for it too
+        else:
+            if current.alive:  # code changed since it started, or it imported Prefect for another server
+                warm.stop(files.folder)
+            pid = warm.spawn(files.folder, api_url)
+    assert pid is not None
+    if not wait:
+        return None
+    if warm.wait_ready(files.folder, pid):
+        return (f"warm command process ready (pid {pid}): flow commands start without importing Prefect "
+                "(CONSULT_WARM=0 runs them cold)")
+    return (f"the warm command process (pid {pid}) did not start; flow commands run cold (its log: "
+            f"{warm.WarmFiles(files.folder).log})")
+
+
+def warm_status_line(settings: Settings) -> str:
+    from consult import warm
+
+    current = warm.status(server_files(settings).folder)
+    if current.running:
+        return f"warm command process running (pid {current.pid}): flow commands start warm"
+    if current.stale:
+        return (f"warm command process (pid {current.pid}) exits: code changed since it started; flow commands run "
+                "cold (`consult server start` starts a fresh one)")
+    if current.alive:
+        return f"warm command process (pid {current.pid}) is starting: flow commands run cold until it is ready"
+    return "warm command process not running: flow commands run cold (`consult server start` starts it)"
 
 
 def ui_url(api_url: str) -> str | None:
@@ -402,6 +456,9 @@ def ensure_prefect_api(settings: Settings, environ: dict[str, str] | None = None
     environ["PREFECT_API_URL"] = result.api_url
     if not result.started:
         return None
+    # The next flow commands start warm (consult/warm.py); this one goes on cold meanwhile (not waited for:
+    # starting the server has just taken longer than the warm process's imports).
+    start_warm(settings, result.api_url, wait=False)
     return "; ".join(
         [*result.notes, f"started the local Prefect server: UI at {result.url} (stop it with `consult server stop`)"]
     )

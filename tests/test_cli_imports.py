@@ -119,3 +119,15 @@ def test_the_consult_program_ends_without_teardown_yet_keeps_exit_codes_and_a_wh
     refused = run("round", "close", "1999")
     assert (refused.returncode, refused.stderr.count("\n")) == (1, 1)
     assert run("no-such-command").returncode == 2
+
+
+def test_the_consult_program_imports_only_the_standard_library_before_choosing_warm_or_cold() -> None:
+    """The console script (consult/launcher.py) runs before every command: it decides whether the warm command
+    process (consult/warm.py) runs a flow command, importing no more than os, sys, socket, json, signal, array."""
+    probe = ("import sys; before = set(sys.modules); import consult.launcher; "
+             "print(' '.join(sorted({name.split('.')[0] for name in set(sys.modules) - before})))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    allowed = {"consult", "json", "_json", "socket", "_socket", "select", "selectors", "math", "collections",
+               "signal", "array"}  # the standard library's own dependencies of those named
+    assert set(result.stdout.split()) <= allowed

@@ -99,7 +99,8 @@ def test_a_flow_command_starts_the_local_server_once_and_leaves_it_running_with_
     assert "summary-2019" in artifact_keys(f"{state['url']}/api")
 
     stopped = consult("server", "stop", cwd=workdir)
-    assert stopped.stdout.strip() == f"stopped the local Prefect server (pid {state['pid']}) at {state['url']}"
+    assert stopped.stdout.splitlines()[0] == f"stopped the local Prefect server (pid {state['pid']}) at {state['url']}"
+    assert stopped.stdout.splitlines()[1].startswith("stopped the warm command process (pid ")  # consult/warm.py
     assert consult("server", "status", cwd=workdir).returncode == 3
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{state['url']}/api/health", timeout=3)
@@ -193,11 +194,14 @@ def test_two_commands_starting_the_server_at_once_get_the_same_one(workdir):
     outputs = [process.communicate(timeout=300) for process in both]
     assert [process.returncode for process in both] == [0, 0], outputs
     state = recorded(workdir)
-    said = sorted(stdout.strip() for stdout, _ in outputs)
+    said = sorted(stdout.splitlines()[0] for stdout, _ in outputs)
     assert said == [
         f"local Prefect server already running (pid {state['pid']}): UI at {state['url']}, API at {state['url']}/api",
         f"local Prefect server started (pid {state['pid']}): UI at {state['url']}, API at {state['url']}/api",
     ]
+    # and the same warm command process (consult/warm.py), which both waited for
+    warm = {stdout.splitlines()[1].split(":")[0] for stdout, _ in outputs}
+    assert len(warm) == 1 and warm.pop().startswith("warm command process ready (pid "), outputs
 
 
 def test_ephemeral_mode_leaves_the_server_to_prefect(tmp_path):
