@@ -76,10 +76,18 @@ def pytest_configure(config: pytest.Config) -> None:
     from tests.prefect_server import PrefectServer
 
     home = Path(tempfile.mkdtemp(prefix="consult-test-prefect-"))
-    # Started without waiting: the ~10 s it takes to migrate its database overlap collection; the first test
-    # of each process waits for it (prefect_server_url).
-    server = PrefectServer(home=home, lean=True).start(wait=False)
     config.add_cleanup(lambda: shutil.rmtree(home, ignore_errors=True))
+    # Its runs in PostgreSQL when it answers: the test processes and their `consult` children write to it at
+    # once, and on SQLite's single writer a busy moment made Prefect's client back off and retry for minutes.
+    database_url = None
+    if postgres_skip_reason() is None:
+        name = f"consult_test_prefect_{uuid.uuid4().hex[:12]}"
+        _admin_execute(f'CREATE DATABASE "{name}"')
+        config.add_cleanup(lambda: _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        database_url = POSTGRES_ADMIN_URL.replace("+psycopg", "+asyncpg").rsplit("/", 1)[0] + f"/{name}"
+    # Started without waiting: the seconds it takes to migrate its database overlap collection; the first
+    # test of each process waits for it (prefect_server_url).
+    server = PrefectServer(home=home, lean=True, database_url=database_url).start(wait=False)
     config.add_cleanup(server.stop)
     os.environ["PREFECT_API_URL"] = server.api_url
     os.environ["CONSULT_TEST_PREFECT_SERVER"] = server.api_url
@@ -133,6 +141,15 @@ def _sqlite_template(directory: Path) -> Path:
     upgrade(f"sqlite:///{template}")
     get_engine(f"sqlite:///{template}").dispose()
     return template
+
+
+def _admin_execute(statement: str) -> None:
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(statement))
+    finally:
+        admin.dispose()
 
 
 def _postgres_template() -> str:

@@ -161,10 +161,15 @@ class SendGridStub:
                 ))
             if self.crash_after is not None and len(self.accepted) >= self.crash_after:
                 crash, self.crash_after = True, None
-        if crash and self.crash_pid:
-            # The provider has the messages; the sender dies before it can record that.
-            os.kill(self.crash_pid, signal.SIGKILL)
-            return None
+        if crash:
+            # The provider has the messages; the sender dies before it can record that. (Its pid is set just
+            # after it started, which on a busy machine can come after its first request.)
+            deadline = time.monotonic() + 30
+            while self.crash_pid is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if self.crash_pid:
+                os.kill(self.crash_pid, signal.SIGKILL)
+                return None
         if fault is not None and fault.kind == "late":
             time.sleep(fault.seconds)
         return self._reply(handler, 202, b"", {"X-Message-Id": x_message_id})

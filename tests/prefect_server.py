@@ -59,6 +59,9 @@ class PrefectServer:
     # machine. Task runs (built from events by the task run recorder) and concurrency leases (the repossessor)
     # stay as in production.
     lean: bool = False
+    # The server's own database: a SQLite file in ``home`` unless a URL is given (the session's server keeps
+    # its runs in PostgreSQL: several test processes and their `consult` children write to it at once).
+    database_url: str | None = None
     process: subprocess.Popen[bytes] | None = None
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -83,7 +86,8 @@ class PrefectServer:
                 "PREFECT_API_URL": self.api_url,
                 "PREFECT_UI_API_URL": self.api_url,
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{self.home / 'prefect.db'}",
+                "PREFECT_API_DATABASE_CONNECTION_URL": self.database_url
+                or f"sqlite+aiosqlite:///{self.home / 'prefect.db'}",
                 "PREFECT_LOGGING_LEVEL": "INFO",
                 "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
                 # Workers and `serve` poll every second instead of every 10 s, so that tests wait less.
@@ -104,7 +108,7 @@ class PrefectServer:
         template (:func:`migrated_database_template`), so that it does not run Prefect's migrations."""
         self.home.mkdir(parents=True, exist_ok=True)
         database = self.home / "prefect.db"
-        if not database.exists():
+        if self.database_url is None and not database.exists():
             shutil.copyfile(migrated_database_template(), database)
         command = [str(PREFECT_BIN), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
         # Without the scheduler, deployments keep their schedules but no run is created behind the test's

@@ -201,8 +201,9 @@ def test_invite_killed_at_the_sendgrid_stub_ends_with_exactly_one_invitation_eac
     try:
         env = {"CONSULT_MAIL_BACKEND": "sendgrid", "CONSULT_SENDGRID_API_KEY": stub.api_key,
                "CONSULT_SENDGRID_HOST": stub.url}
+        stub.crash_after = kill_at
         process = start_consult(["invite", "2019"], cwd=REPO_ROOT, env=_environment(**env))
-        stub.crash_after, stub.crash_pid = kill_at, process.pid
+        stub.crash_pid = process.pid
         assert process.wait(timeout=120) == -signal.SIGKILL, "the run ended before it could be killed"
         _use(monkeypatch, **env)
         send_invitations(2019)

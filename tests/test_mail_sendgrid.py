@@ -207,8 +207,9 @@ def test_a_crash_right_after_the_kth_accepted_message_ends_with_exactly_one_invi
     record that. Resuming sends the rest and never the accepted batch again; its rows wait as `sending`, then
     `unknown`, and the webhook events settle them: every contact has exactly one invitation and every message
     at the provider is a `sent` row of the outbox."""
+    stub.crash_after = k
     process = subprocess.Popen([sys.executable, "-c", CRASHING_RUN], cwd=REPO_ROOT, env=dict(os.environ))
-    stub.crash_after, stub.crash_pid = k, process.pid
+    stub.crash_pid = process.pid
     assert process.wait(timeout=120) == -9, "the sending process should have been killed by the stub"
     at_crash = len(stub.accepted)
     assert at_crash >= k
