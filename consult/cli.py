@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 import typer
 from sqlalchemy import Engine
 
-from consult.cli_common import YearArg, prefect_ready, foreground_prefect
+from consult.cli_common import YearArg, foreground_prefect, prefect_ready
 from consult.errors import ConsultError, find_cause
 from consult.settings import EXAMPLES_DIR, get_settings
 from db.engine import open_database

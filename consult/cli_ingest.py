@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from sqlalchemy import Engine
 
-from consult.cli_common import YearArg, prefect_ready, foreground_prefect
+from consult.cli_common import YearArg, foreground_prefect, prefect_ready
 from consult.errors import ConsultError
 from consult.settings import get_settings
 from db.engine import open_database

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from consult.cli_common import YearArg, prefect_ready, foreground_prefect
+from consult.cli_common import YearArg, foreground_prefect, prefect_ready
 from consult.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True)

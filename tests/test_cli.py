@@ -83,15 +83,17 @@ def test_a_flow_command_runs_its_flows_without_heartbeats_for_its_whole_life():
     at its end), and the setting holds after garbage collection: a fresh interpreter, as a command has."""
     import sys
 
-    script = (
-        "import gc; from consult.cli_common import foreground_prefect; foreground_prefect(); gc.collect()\n"
-        "from prefect.settings import get_current_settings\n"
-        "print(get_current_settings().flows.heartbeat_frequency)\n"
+    show_heartbeats = (
+        "from prefect.settings import get_current_settings; print(get_current_settings().flows.heartbeat_frequency)"
     )
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_FLOWS")}
-    default = subprocess.run([sys.executable, "-c", "from prefect.settings import get_current_settings; "
-                              "print(get_current_settings().flows.heartbeat_frequency)"],
-                             env=env, capture_output=True, text=True, check=True)
-    assert default.stdout.strip() != "None"  # Prefect's default: heartbeats on
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "None"
+
+    def heartbeat_frequency(before: str) -> str:
+        shown = subprocess.run([sys.executable, "-c", before + show_heartbeats], env=env, capture_output=True,
+                               text=True, check=True)
+        return shown.stdout.strip()
+
+    assert heartbeat_frequency("") != "None"  # Prefect's default: heartbeats on
+    after = heartbeat_frequency("import gc; from consult.cli_common import foreground_prefect; "
+                                "foreground_prefect(); gc.collect()\n")
+    assert after == "None"
