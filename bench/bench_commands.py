@@ -238,7 +238,6 @@ def one_round(folder: Path, commands: list[tuple[str, list[str], bool]], figures
                               "CONSULT_OUTPUT_DIR": str(folder / "cold-output"),
                               "CONSULT_MAILBOX_DIR": str(folder / "cold-mailbox")}
             figures[name].cold.append(run([CONSULT, *args], cold_env, folder))
-        if is_flow:
             figures[name].tasks = latest_flow_run_tasks(api_url, FLOW_NAMES[name])
             figures[name].bare.append(run([sys.executable, "-c", BARE_FLOW, str(figures[name].tasks)], env, folder))
         if name in LIBRARIES:

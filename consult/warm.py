@@ -88,10 +88,6 @@ def _recorded(files: WarmFiles) -> tuple[int | None, str | None]:
     return None, None
 
 
-def _recorded_pid(files: WarmFiles) -> int | None:
-    return _recorded(files)[0]
-
-
 def _is_warm_process(pid: int) -> bool:
     try:
         words = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -102,8 +98,7 @@ def _is_warm_process(pid: int) -> bool:
 
 
 def status(folder: Path) -> WarmStatus:
-    files = WarmFiles(folder)
-    pid = _recorded_pid(files)
+    pid, api_url = _recorded(WarmFiles(folder))
     answer = launcher.ping(str(folder))
     if answer and answer.get("ready"):
         return WarmStatus(pid=int(answer["pid"]), running=True, alive=True, api_url=answer.get("api_url"))
@@ -111,7 +106,7 @@ def status(folder: Path) -> WarmStatus:
         return WarmStatus(pid=int(answer["pid"]), running=False, alive=True, api_url=answer.get("api_url"),
                           stale=True)
     alive = pid is not None and _is_warm_process(pid)
-    return WarmStatus(pid=pid, running=False, alive=alive, api_url=_recorded(files)[1] if alive else None)
+    return WarmStatus(pid=pid, running=False, alive=alive, api_url=api_url if alive else None)
 
 
 def spawn(folder: Path, api_url: str) -> int:
@@ -150,7 +145,7 @@ def wait_ready(folder: Path, pid: int, timeout: float = READY_TIMEOUT_SECONDS) -
 def stop(folder: Path, grace: float = 15.0) -> str | None:
     """Stop the warm process of ``folder`` if one runs; one line saying so, or None when there was none."""
     files = WarmFiles(folder)
-    pid = _recorded_pid(files)
+    pid, _ = _recorded(files)
     said = None
     if pid is not None and _is_warm_process(pid):
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):

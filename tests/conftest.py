@@ -155,10 +155,7 @@ def _admin_execute(statement: str) -> None:
 def _postgres_template() -> str:
     """A PostgreSQL database migrated once, copied by CREATE DATABASE ... TEMPLATE for each test."""
     name = f"consult_template_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
+    _admin_execute(f'CREATE DATABASE "{name}"')
     url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     upgrade(url)
     get_engine(url).dispose()  # a template must have no open connection while it is copied
@@ -171,10 +168,7 @@ def database_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
     templates: dict[str, object] = {}
     yield templates
     if "postgresql" in templates:
-        admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{templates["postgresql"]}" WITH (FORCE)'))
-        admin.dispose()
+        _admin_execute(f'DROP DATABASE IF EXISTS "{templates["postgresql"]}" WITH (FORCE)')
 
 
 DATABASE_KINDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
@@ -202,17 +196,13 @@ def fresh_database(kind: str, templates: dict[str, object], tmp_path_factory: py
     if "postgresql" not in templates:
         templates["postgresql"] = _postgres_template()
     name = f"consult_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{templates["postgresql"]}"'))
+    _admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{templates["postgresql"]}"')
     url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     try:
         yield url
     finally:
         get_engine(url).dispose()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=DATABASE_KINDS)
