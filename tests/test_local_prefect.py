@@ -22,7 +22,9 @@ from tests.conftest import EXAMPLES
 
 CONSULT = str(Path(sys.executable).parent / "consult")
 
-pytestmark = [pytest.mark.prefect_server, pytest.mark.slow]
+# On the worker of tests/test_warm_commands.py: its changed-code test marks a source file of the repository as
+# edited, and a warm command process started here at that moment would exit (as it should) under these tests.
+pytestmark = [pytest.mark.prefect_server, pytest.mark.slow, pytest.mark.xdist_group("warm-commands")]
 
 
 def consult(*args: str, cwd: Path, env: dict[str, str] | None = None,
