@@ -18,7 +18,7 @@ Goals (from issue 15): ingest and publish within 1.5x of the bare flow and under
 round in the one data folder of the local server, so that its warm process serves them); figures are medians
 over the repeats.
 
-The Prefect server: PREFECT_API_URL when set (then no warm process: wall is cold), else a local server and its
+The Prefect server: PREFECT_API_URL when set (then no warm process: wall is cold, and no cold column), else a local server and its
 warm process started in a temporary data folder by `consult server start`, and stopped at the end.
 
 Usage: .venv/bin/python bench/bench_commands.py [--repeat N] [--quick]
@@ -205,7 +205,7 @@ def main() -> None:
         for repeat in range(options.repeat):
             floor.append(run([sys.executable, "-c", FLOOR], base_env, root))
             one_round(root / f"round-{repeat}", commands, figures, base_env | {"CONSULT_DATA_DIR": str(server_dir)},
-                      api_url)
+                      api_url, started_here)
         report(figures, commands, api_url, started_here, options.repeat, statistics.median(floor))
         flow_runs = options.repeat * sum(1 for _, _, is_flow in commands if is_flow)
         log = server_dir / "prefect" / "warm.log"
@@ -220,7 +220,7 @@ def main() -> None:
 
 
 def one_round(folder: Path, commands: list[tuple[str, list[str], bool]], figures: dict[str, Figures],
-              base_env: dict[str, str], api_url: str) -> None:
+              base_env: dict[str, str], api_url: str, started_here: bool) -> None:
     folder.mkdir(parents=True)
     database = folder / "consult.db"
     env = base_env | {"CONSULT_DATABASE_URL": f"sqlite:///{database}", "CONSULT_OUTPUT_DIR": str(folder / "output"),
@@ -230,14 +230,18 @@ def one_round(folder: Path, commands: list[tuple[str, list[str], bool]], figures
         cold_copy = folder / f"cold-{name.replace(' ', '-')}.db"
         if name in PLAIN:
             shutil.copyfile(database, plain_copy)  # the plain functions start from the same state, on a copy
-        if is_flow:
+        # The cold command, when there is a warm process to compare it with (none when PREFECT_API_URL is given:
+        # then every command is cold, and its wall time is the cold figure).
+        cold_too = is_flow and started_here
+        if cold_too:
             shutil.copyfile(database, cold_copy)  # and so does the cold command
         figures[name].wall.append(run([CONSULT, *args], env, folder))
-        if is_flow:
+        if cold_too:
             cold_env = env | {"CONSULT_WARM": "0", "CONSULT_DATABASE_URL": f"sqlite:///{cold_copy}",
                               "CONSULT_OUTPUT_DIR": str(folder / "cold-output"),
                               "CONSULT_MAILBOX_DIR": str(folder / "cold-mailbox")}
             figures[name].cold.append(run([CONSULT, *args], cold_env, folder))
+        if is_flow:
             figures[name].tasks = latest_flow_run_tasks(api_url, FLOW_NAMES[name])
             figures[name].bare.append(run([sys.executable, "-c", BARE_FLOW, str(figures[name].tasks)], env, folder))
         if name in LIBRARIES:

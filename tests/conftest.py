@@ -70,6 +70,11 @@ def pytest_configure(config: pytest.Config) -> None:
     its URL to everything started after it (workers, `consult` subprocesses) through the environment."""
     if hasattr(config, "workerinput") or os.environ.get("CONSULT_TEST_PREFECT_SERVER"):
         return  # a worker: the controller's server is in PREFECT_API_URL already
+    # The machine-wide cache of `consult` (the migrated Prefect database a new data folder's server starts from,
+    # consult/local_prefect.py) is the tests' own: the same file as tests/prefect_server.py's template, so that
+    # the servers `consult` starts in tests' data folders skip Prefect's migrations too, and the user's cache
+    # is left alone.
+    os.environ["XDG_CACHE_HOME"] = str(REPO_ROOT / ".pytest_cache")
     import shutil
     import tempfile
 

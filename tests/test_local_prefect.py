@@ -6,13 +6,16 @@ Each test starts real `prefect server start` processes in its own data folder an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import httpx
@@ -34,11 +37,15 @@ def consult(*args: str, cwd: Path, env: dict[str, str] | None = None,
     base |= {"CONSULT_DATA_DIR": str(cwd / "data"), "CONSULT_OUTPUT_DIR": str(cwd / "output"),
              # Tests run in parallel: each folder's server prefers its own port rather than all racing for 4200.
              "CONSULT_PREFECT_PORT": str(PORTS.setdefault(cwd, free_port()))}
+    if cwd in _own_cache:
+        base["XDG_CACHE_HOME"] = str(_own_cache[cwd])
     return subprocess.run([CONSULT, *args], cwd=cwd, env=base | (env or {}), capture_output=True, text=True,
                           timeout=timeout, check=False)
 
 
 PORTS: dict[Path, int] = {}
+# Folders whose commands use a cache of their own instead of the session's (where the migrated template is).
+_own_cache: dict[Path, Path] = {}
 
 
 def free_port() -> int:
@@ -55,9 +62,8 @@ def recorded(cwd: Path) -> dict:
 def workdir(tmp_path: Path):
     """A data folder whose local server, if any test step started one, is stopped afterwards."""
     yield tmp_path
-    pid_file = tmp_path / "data" / "prefect" / "server.pid"
-    if pid_file.exists():
-        consult("server", "stop", cwd=tmp_path, timeout=60)
+    for pid_file in tmp_path.glob("**/data/prefect/server.pid"):
+        consult("server", "stop", cwd=pid_file.parent.parent.parent, timeout=60)
         try:  # belt and braces: never leave a server behind on a shared machine
             os.killpg(int(pid_file.read_text()), signal.SIGKILL)
         except (OSError, ValueError):
@@ -70,9 +76,20 @@ def artifact_keys(api_url: str) -> set[str]:
     return {item["key"] for item in found.json() if item.get("key")}
 
 
+def prefect_rows(database: Path, table: str, where: str = "1 = 1") -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as connection:
+        return int(connection.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()[0])
+
+
 def test_a_flow_command_starts_the_local_server_once_and_leaves_it_running_with_its_report(workdir):
     """The first ingest starts the server and says where its UI is; the report is on it; a second command
-    reuses it silently; `status` and `stop` tell the truth."""
+    reuses it silently; `status` and `stop` tell the truth. The first start on this machine (an empty cache)
+    keeps its freshly migrated database as the template that a new data folder's server starts from."""
+    cache = workdir / "cache"
+    template = cache / "consult" / f"prefect-{version('prefect')}.db"
+    workdir = workdir / "first"
+    workdir.mkdir()
+    _own_cache[workdir] = cache
     assert consult("db", "upgrade", cwd=workdir).returncode == 0
     assert consult("panel", "import", str(EXAMPLES / "panel.csv"), cwd=workdir).returncode == 0
     opened = consult("round", "open", "2019", "--questionnaire", str(EXAMPLES / "questionnaire-2019.yaml"),
@@ -107,6 +124,21 @@ def test_a_flow_command_starts_the_local_server_once_and_leaves_it_running_with_
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{state['url']}/api/health", timeout=3)
 
+    # The template: migrated, without the runs made after it was taken.
+    assert prefect_rows(template, "alembic_version") == 1
+    assert prefect_rows(template, "flow_run") == 0 and prefect_rows(workdir / "data/prefect/prefect.db", "flow_run") > 0
+    # A new data folder's server starts from it (the marker put in the template is in the new database).
+    with contextlib.closing(sqlite3.connect(template)) as connection, connection:
+        connection.execute("INSERT INTO configuration (key, value) VALUES ('test-marker', '{}')")
+    second = workdir.parent / "second"
+    second.mkdir()
+    _own_cache[second] = cache
+    assert consult("server", "start", cwd=second).returncode == 0
+    try:
+        assert prefect_rows(second / "data/prefect/prefect.db", "configuration", "key = 'test-marker'") == 1
+    finally:
+        consult("server", "stop", cwd=second)
+
 
 def test_a_server_that_died_is_reported_and_replaced_and_a_taken_port_is_avoided(workdir):
     """kill -9 leaves a stale pid file: status says so, start replaces the server, on a free port when the
@@ -140,6 +172,18 @@ def test_a_server_that_died_is_reported_and_replaced_and_a_taken_port_is_avoided
             f"error: the local Prefect server already runs at {new['url']} (pid {new['pid']}): "
             f"`consult server stop` first to move it to port {state['port']}"
         )
+
+
+def test_a_damaged_template_is_set_aside_and_the_server_migrates_as_usual(tmp_path, monkeypatch):
+    from consult import local_prefect
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = local_prefect.database_template()
+    template.parent.mkdir(parents=True)
+    template.write_bytes(b"not a database" * 100)
+    database = tmp_path / "prefect.db"
+    assert local_prefect._seed_from_template(database) is False
+    assert not database.exists() and not template.exists()
 
 
 def test_asking_for_a_taken_port_is_one_line(workdir):
