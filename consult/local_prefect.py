@@ -152,9 +152,23 @@ class ServerStatus:
         return f"{self.url}/api" if self.url else None
 
 
+_clients: dict[int, httpx.Client] = {}
+
+
+def _http() -> httpx.Client:
+    """One HTTP client per process for the server's health checks: every new client builds a TLS context (the
+    CA bundle loaded, ~30 ms of CPU here) even for a plain-HTTP loopback address, and a start-up polls four
+    times a second. Keyed by pid: a forked child (the warm process forks commands) never shares the parent's
+    pooled connections."""
+    pid = os.getpid()
+    if pid not in _clients:
+        _clients[pid] = httpx.Client()
+    return _clients[pid]
+
+
 def is_healthy(api_url: str, timeout: float = HEALTH_TIMEOUT_SECONDS) -> bool:
     try:
-        return httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout).status_code == 200
+        return _http().get(f"{api_url.rstrip('/')}/health", timeout=timeout).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -163,7 +177,7 @@ def serves_this_folder(api_url: str, files: ServerFiles) -> bool:
     """The server answering at ``api_url`` is the one of this data folder (its PREFECT_HOME), not another
     folder's server that took the same port first (two folders starting theirs at once)."""
     try:
-        answer = httpx.get(f"{api_url}/admin/settings", timeout=HEALTH_TIMEOUT_SECONDS)
+        answer = _http().get(f"{api_url}/admin/settings", timeout=HEALTH_TIMEOUT_SECONDS)
         return answer.status_code == 200 and Path(answer.json().get("home", "")) == files.home
     except (httpx.HTTPError, ValueError):
         return False
@@ -172,7 +186,7 @@ def serves_this_folder(api_url: str, files: ServerFiles) -> bool:
 def answers(api_url: str, timeout: float) -> bool:
     """Someone else's server answers at all (Prefect Cloud may want a key before it says healthy)."""
     try:
-        return httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout).status_code < 500
+        return _http().get(f"{api_url.rstrip('/')}/health", timeout=timeout).status_code < 500
     except httpx.HTTPError:
         return False
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import queue
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from consult import settings as settings_module
 from consult.settings import Settings
@@ -167,11 +170,79 @@ def _postgres_template() -> str:
     return name
 
 
+class PostgresDatabases:
+    """Fresh PostgreSQL databases copied from a template, made ahead of the tests that take them and dropped
+    behind them by a thread of their own, on one admin connection.
+
+    CREATE DATABASE ... TEMPLATE copies the whole catalog (~0.2 s here, more on a busy machine) and DROP waits
+    for its files: made and dropped in the test's own set-up and tear-down, they took about 40% of the wall
+    time of the tests that are not marked slow. Each test still gets a database no test used before."""
+
+    AHEAD = 2  # databases made before they are asked for: a run of short tests asks faster than one is made
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        self._ready: queue.Queue[tuple[str, str]] = queue.Queue()  # (name, or "" and why not)
+        self._jobs: queue.Queue[tuple[str, str]] = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="postgres-databases", daemon=True)
+        self._thread.start()
+        for _ in range(self.AHEAD):
+            self._jobs.put(("create", ""))
+
+    def take(self) -> str:
+        """A database made for this test (waiting for it if it is still being made)."""
+        made, error = self._ready.get(timeout=300)
+        if error:
+            raise RuntimeError(f"could not create a test database from {self.template}: {error}")
+        self._jobs.put(("create", ""))  # the next test's, while this one runs
+        return made
+
+    def drop(self, name: str) -> None:
+        self._jobs.put(("drop", name))
+
+    def close(self) -> None:
+        """Drop what is left (the database made for a test that never came), then stop."""
+        self._jobs.put(("stop", ""))
+        self._thread.join(timeout=300)
+        while not self._ready.empty():
+            made, _ = self._ready.get_nowait()
+            if made:
+                _admin_execute(f'DROP DATABASE IF EXISTS "{made}" WITH (FORCE)')
+
+    def _work(self) -> None:
+        admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as connection:
+                while True:
+                    job, name = self._jobs.get()
+                    if job == "stop":
+                        return
+                    if job == "drop":
+                        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                        continue
+                    name = f"consult_test_{uuid.uuid4().hex[:12]}"
+                    try:
+                        connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"'))
+                    except SQLAlchemyError as error:  # handed to the test that waits for it, which fails with it
+                        self._ready.put(("", str(error).splitlines()[0]))
+                    else:
+                        self._ready.put((name, ""))
+        except BaseException as error:
+            self._ready.put(("", f"{type(error).__name__}: {error}"))
+            raise
+        finally:
+            admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def database_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
-    """Templates migrated on first use in this test process: {'sqlite': Path, 'postgresql': database name}."""
+    """Templates migrated on first use in this test process: {'sqlite': Path, 'postgresql': database name},
+    and the PostgresDatabases made from the latter ('postgresql databases')."""
     templates: dict[str, object] = {}
     yield templates
+    databases = templates.get("postgresql databases")
+    if isinstance(databases, PostgresDatabases):
+        databases.close()
     if "postgresql" in templates:
         _admin_execute(f'DROP DATABASE IF EXISTS "{templates["postgresql"]}" WITH (FORCE)')
 
@@ -200,14 +271,15 @@ def fresh_database(kind: str, templates: dict[str, object], tmp_path_factory: py
         pytest.skip(reason)
     if "postgresql" not in templates:
         templates["postgresql"] = _postgres_template()
-    name = f"consult_test_{uuid.uuid4().hex[:12]}"
-    _admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{templates["postgresql"]}"')
+        templates["postgresql databases"] = PostgresDatabases(templates["postgresql"])  # type: ignore[arg-type]
+    databases: PostgresDatabases = templates["postgresql databases"]  # type: ignore[assignment]
+    name = databases.take()
     url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     try:
         yield url
     finally:
         get_engine(url).dispose()
-        _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        databases.drop(name)
 
 
 @pytest.fixture(params=DATABASE_KINDS)

@@ -26,6 +26,7 @@ from consult.settings import Settings, load_or_create_secret
 from db.engine import session_scope
 from db.models import OutboxMessage, Partnership, Round, RoundParticipant
 from tests.conftest import BASE62, EXAMPLES, REPO_ROOT, TEST_TOKEN_SECRET, alnum_token
+from tests.warm_consult import run_consult
 
 SECRET = TEST_TOKEN_SECRET.encode()
 
@@ -88,10 +89,9 @@ def test_an_empty_or_short_secret_is_refused_with_one_line(tmp_path, monkeypatch
         (data / "token-secret").write_bytes(file_content)
     env = {key: value for key, value in os.environ.items() if not key.startswith("CONSULT_")}
     env |= {"CONSULT_DATA_DIR": str(data), "CONSULT_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"} | environment
-    subprocess.run([REPO_ROOT / ".venv" / "bin" / "consult", "db", "upgrade"], cwd=tmp_path, env=env, check=True,
-                   capture_output=True)
-    done = subprocess.run([REPO_ROOT / ".venv" / "bin" / "consult", "round", "participants", "2019"], check=False,
-                          cwd=tmp_path, env=env, capture_output=True, text=True)
+    upgraded = run_consult(["db", "upgrade"], cwd=tmp_path, env=env)
+    assert upgraded.returncode == 0, upgraded.stderr
+    done = run_consult(["round", "participants", "2019"], cwd=tmp_path, env=env)
     assert done.returncode == 1
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
     with pytest.raises(ConsultError, match=message.split(": ", 1)[1]):
