@@ -22,7 +22,7 @@ SMALL_RUNS = {
     "bench_indicators.py": ["--rows", "5000", "--repeat", "1"],
     "bench_send.py": ["--contacts", "2000"],
     "bench_form.py": ["--partnerships", "5", "--postgres-admin-url", POSTGRES_ADMIN_URL],
-    # One repeat, without the to_sql comparison: each measurement is a fresh interpreter (~3 s of imports).
+    # One repeat, without the to_sql comparison: each measurement is a process of its own (forked, imports done).
     "bench_ingest.py": ["--rows", "2000", "--repeat", "1", "--no-to-sql", "--postgres-admin-url", POSTGRES_ADMIN_URL],
 }
 
