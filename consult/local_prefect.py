@@ -83,21 +83,24 @@ def server_files(settings: Settings) -> ServerFiles:
 _TEMPLATE_TABLES = frozenset({"alembic_version", "block_type", "block_schema", "block_schema_reference"})
 
 
-def database_template() -> Path:
+def database_template() -> Path | None:
     """A migrated, empty Prefect database for the installed Prefect, kept per machine user.
 
     A server in a new data folder spends about half its first start (10 s here) migrating an empty database;
     started on a copy of this one, it skips that. Made from the first fresh server's database (see
     :func:`_keep_as_template`); the Prefect version in the name retires it when Prefect is upgraded.
     """
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    try:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    except RuntimeError:  # no home folder (a service account without one): no template, the server migrates
+        return None
     return cache / "consult" / f"prefect-{version('prefect')}.db"
 
 
 def _seed_from_template(database: Path) -> bool:
     """Start a new data folder's database as a copy of the template, if there is one."""
     template = database_template()
-    if not template.is_file():
+    if template is None or not template.is_file():
         return False
     partial = database.with_name(f"{database.name}.{os.getpid()}.part")
     try:
@@ -118,6 +121,8 @@ def _seed_from_template(database: Path) -> bool:
 def _keep_as_template(database: Path) -> None:
     """Snapshot a fresh server's database (migrated, nothing run yet) as the template for later folders."""
     template = database_template()
+    if template is None:
+        return
     partial = template.with_name(f"{template.name}.{os.getpid()}.part")
     try:
         template.parent.mkdir(parents=True, exist_ok=True)

@@ -179,11 +179,26 @@ def test_a_damaged_template_is_set_aside_and_the_server_migrates_as_usual(tmp_pa
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     template = local_prefect.database_template()
+    assert template is not None
     template.parent.mkdir(parents=True)
     template.write_bytes(b"not a database" * 100)
     database = tmp_path / "prefect.db"
     assert local_prefect._seed_from_template(database) is False
     assert not database.exists() and not template.exists()
+
+
+def test_without_a_home_folder_there_is_no_template_and_nothing_fails(tmp_path, monkeypatch):
+    from consult import local_prefect
+
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("HOME", raising=False)
+    def no_home(cls):  # what Path.home() does for an account without a home folder
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(local_prefect.Path, "home", classmethod(no_home))
+    assert local_prefect.database_template() is None
+    assert local_prefect._seed_from_template(tmp_path / "prefect.db") is False
+    local_prefect._keep_as_template(tmp_path / "prefect.db")  # nothing to keep it in: returns quietly
 
 
 def test_asking_for_a_taken_port_is_one_line(workdir):
