@@ -20,25 +20,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+from consult.local_prefect import database_template, is_healthy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PREFECT_BIN = Path(sys.executable).with_name("prefect")
 # Background services of a Prefect server whose work no test of the session's server reads (see `lean`).
 UNREAD_SERVICES = ("EVENT_PERSISTER", "TRIGGERS", "LATE_RUNS", "FOREMAN", "CANCELLATION_CLEANUP",
                    "PAUSE_EXPIRATIONS")
-
-
-_clients: dict[int, httpx.Client] = {}
-
-
-def _http() -> httpx.Client:
-    """One client per process for the start-up polls: each new httpx client loads the CA bundle (~30 ms of CPU
-    here)."""
-    pid = os.getpid()
-    if pid not in _clients:
-        _clients[pid] = httpx.Client()
-    return _clients[pid]
 
 
 def free_port() -> int:
@@ -139,11 +127,8 @@ class PrefectServer:
                 raise RuntimeError(
                     f"prefect server exited with {self.process.returncode}:\n{self.tail_log()}"
                 )
-            try:
-                if _http().get(f"{self.api_url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
+            if is_healthy(self.api_url, timeout=2):
+                return self
             time.sleep(0.3)
         self.stop()
         raise RuntimeError(
@@ -225,7 +210,8 @@ def migrated_database_template() -> Path:
     its migrations, ~3 s of each start here."""
     from importlib.metadata import version
 
-    template = REPO_ROOT / ".pytest_cache" / "consult" / f"prefect-{version('prefect')}.db"
+    # consult's own template (tests/conftest.py points XDG_CACHE_HOME at .pytest_cache): one file for both.
+    template = database_template() or REPO_ROOT / ".pytest_cache" / "consult" / f"prefect-{version('prefect')}.db"
     if template.exists():
         return template
     template.parent.mkdir(parents=True, exist_ok=True)
@@ -250,11 +236,8 @@ def wait_until_healthy(api_url: str, timeout: float = 180, log: str | None = Non
     with the end of its ``log``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            if _http().get(f"{api_url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
+        if is_healthy(api_url, timeout=2):
+            return
         time.sleep(0.2)
     tail = Path(log).read_text(errors="replace")[-3000:] if log and Path(log).exists() else ""
     raise RuntimeError(f"the session's Prefect server at {api_url} did not answer within {timeout} s:\n{tail}")
