@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import tempfile
+import time
 from html import unescape
 from pathlib import Path
 
@@ -46,15 +47,16 @@ def chromium(*args: str) -> str:
     return result.stdout
 
 
-def dump_dom_showing(url: str, pattern: str, attempts: int = 3) -> str:
-    """The page's DOM once it shows ``pattern`` (a regex): the UI fetches its lists after the first render, and
-    on a busy machine a single virtual-time budget does not always cover that fetch."""
-    dom = ""
-    for _ in range(attempts):
+def dump_dom_showing(url: str, pattern: str, patience_s: float = 90.0) -> str:
+    """The page's DOM once it shows ``pattern`` (a regex), asking again until ``patience_s`` have passed: the UI
+    fetches its lists after the first render, and on a machine busy with the rest of the suite (the shared server
+    writing other tests' runs to its SQLite database) one page load does not always get them."""
+    deadline = time.monotonic() + patience_s
+    while True:
         dom = chromium("--dump-dom", url)
-        if re.search(pattern, dom):
-            break
-    return dom
+        if re.search(pattern, dom) or time.monotonic() > deadline:
+            return dom
+        time.sleep(2)
 
 
 def visible_text(dom: str) -> str:
