@@ -31,6 +31,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -620,6 +621,29 @@ class Story:
 
 
 @dataclass(frozen=True)
+class _RowPositions:
+    """Where the rows of an indicator table are: the first row of each (indicator, dimension) and of each
+    (question, statistic, dimension), and every row of each (question, statistic), in table order. A missing
+    question is None."""
+
+    by_indicator: dict[tuple[str, str], int]
+    by_stat_and_dimension: dict[tuple[str | None, str, str], int]
+    by_stat: dict[tuple[str | None, str], list[int]]
+
+    @classmethod
+    def of(cls, table: pd.DataFrame) -> _RowPositions:
+        positions = cls({}, {}, {})
+        questions = table["question"].astype(object).where(table["question"].notna(), None)
+        for position, (indicator, question, stat, dimension) in enumerate(
+            zip(table["indicator"], questions, table["stat"], table["dimension"], strict=True)
+        ):
+            positions.by_indicator.setdefault((indicator, dimension), position)
+            positions.by_stat_and_dimension.setdefault((question, stat, dimension), position)
+            positions.by_stat.setdefault((question, stat), []).append(position)
+        return positions
+
+
+@dataclass(frozen=True)
 class IndicatorReport:
     """The indicators of a round compared with the previous round, plus what the summary quotes.
 
@@ -638,23 +662,24 @@ class IndicatorReport:
         return None if row is None else _float(row["value"])
 
     def row(self, indicator: str, dimension: str = "") -> pd.Series | None:
-        match = self.table[(self.table["indicator"] == indicator) & (self.table["dimension"] == dimension)]
-        return None if match.empty else match.iloc[0]
+        position = self._positions.by_indicator.get((indicator, dimension))
+        return None if position is None else self.table.iloc[position]
 
     def rows(self, indicator: str) -> pd.DataFrame:
         return self.table[self.table["indicator"] == indicator]
 
     def stat_rows(self, question: str | None, stat: str) -> pd.DataFrame:
         """The rows of one statistic of one question, whatever the indicator is published as."""
-        table = self.table
-        mask = (table["stat"] == stat) & (table["question"].isna() if question is None else
-                                          table["question"] == question)
-        return table[mask]
+        return self.table.iloc[self._positions.by_stat.get((question, stat), [])]
 
     def stat_row(self, question: str | None, stat: str, dimension: str = "") -> pd.Series | None:
-        rows = self.stat_rows(question, stat)
-        rows = rows[rows["dimension"] == dimension]
-        return None if rows.empty else rows.iloc[0]
+        position = self._positions.by_stat_and_dimension.get((question, stat, dimension))
+        return None if position is None else self.table.iloc[position]
+
+    @cached_property
+    def _positions(self) -> _RowPositions:
+        # A summary looks rows up hundreds of times; each lookup used to compare whole columns of the table.
+        return _RowPositions.of(self.table)
 
     def records(self) -> list[dict[str, object]]:
         """The published table as plain records (CSV columns), None for missing values."""

@@ -38,9 +38,12 @@ from consult import launcher
 # values differ from the warm process's runs cold.
 IMPORT_TIME_PREFIXES = ("PREFECT_", "PYTHON", "LC_", "GX_", "OPENBLAS_", "OMP_", "MKL_", "NUMEXPR_")
 IMPORT_TIME_NAMES = frozenset({"LANG", "LANGUAGE", "HOME", "TZ"})
-# What the warm process imports (what a flow command would import itself).
+# What the warm process imports (what a flow command would import itself). The last five are what Prefect
+# imports only when a flow first runs (its engines, FastAPI's encoder for the parameters, graphviz, anyio's
+# asyncio backend): without them every command paid about 0.3 s of CPU importing them again after the fork.
 PRELOAD = ("flows.ingest", "flows.publish", "flows.mailing", "flows.publish_send", "flows.demo", "pandas",
-           "sqlalchemy.dialects.postgresql", "psycopg")
+           "sqlalchemy.dialects.postgresql", "psycopg", "prefect.flow_engine", "prefect.task_engine",
+           "fastapi.encoders", "prefect.utilities.visualization", "anyio._backends._asyncio")
 # Where this engine's own code lives: a .py file changed here after the start makes the process exit.
 CODE_PACKAGES = ("consult", "flows", "tasks", "db")
 READY_TIMEOUT_SECONDS = 120.0

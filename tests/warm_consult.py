@@ -31,9 +31,9 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONSULT = str(Path(sys.executable).with_name("consult"))
-# What a flow command imports; importing them here is what the children are spared.
-PRELOAD = ("consult.cli", "flows.ingest", "flows.publish", "flows.mailing", "flows.demo", "great_expectations",
-           "pandas", "sqlalchemy.dialects.postgresql", "psycopg")
+# What a flow command imports; importing them here is what the children are spared (with what `consult`'s own
+# warm process imports, consult.warm.PRELOAD).
+PRELOAD = ("consult.cli", "great_expectations")
 
 
 def _prefect_environment(env: dict[str, str]) -> dict[str, str]:
@@ -228,7 +228,9 @@ def _child(request: dict[str, Any]) -> None:
 def _serve() -> None:
     import importlib
 
-    for module in PRELOAD:
+    from consult.warm import PRELOAD as COMMAND_PRELOAD
+
+    for module in (*PRELOAD, *COMMAND_PRELOAD):
         importlib.import_module(module)
     import gc
 
