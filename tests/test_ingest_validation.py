@@ -147,3 +147,41 @@ def test_submit_dates_are_read_by_declared_formats_and_bounded():
                                  now=pd.Timestamp("2020-01-01", tz="UTC"))
     assert day_first.tolist() == [pd.Timestamp("2019-03-04", tz="UTC"), pd.Timestamp("2019-03-04T10:30Z"),
                                   pd.Timestamp("2019-12-31", tz="UTC")]
+
+
+def test_the_suite_run_agrees_with_great_expectations_own_checkpoint_run():
+    """run_suite calls GX's validator directly (no Checkpoint, each expectation's configuration built once): on a
+    table with failures of every kind, each expectation passes or fails with the same unexpected count as when the
+    same suite runs through GX's documented Checkpoint API, and a second run in the same process agrees too."""
+    import great_expectations as gx
+
+    from consult.ingest.validation import _gx_context, _gx_suite, run_suite
+
+    questionnaire = load_questionnaire(EXAMPLES / "questionnaire-2019.yaml")
+    suite = build_suite(questionnaire)
+    columns = sorted({kwargs[key] for item in suite["expectations"] for kwargs in [item["kwargs"]]
+                      for key in ("column", "column_A", "column_B") if key in kwargs}
+                     | {name for item in suite["expectations"] for name in item["kwargs"].get("column_list", [])})
+    values = [None, "x", 7, -3, 10**9, "US", "yes", "a" * 5000]
+    frame = pd.DataFrame({name: [values[(position + shift) % len(values)] for shift in range(16)]
+                          for position, name in enumerate(columns)}, dtype=object)
+    frame["row_number"] = range(2, 18)
+
+    context = _gx_context()
+    batch = context.data_sources.add_pandas("p").add_dataframe_asset("a").add_batch_definition_whole_dataframe("b")
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name="v", data=batch, suite=context.suites.add(_gx_suite(gx, suite))))
+    checkpoint = context.checkpoints.add(gx.Checkpoint(
+        name="c", validation_definitions=[definition], actions=[],
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["row_number"]}))
+    (official,) = checkpoint.run(batch_parameters={"dataframe": frame}).run_results.values()
+    expected = [(item.expectation_config.type, item.success, (item.result or {}).get("unexpected_count"))
+                for item in official.results]
+    assert any(not success for _, success, _ in expected)  # the table does fail some expectations
+
+    for _ in range(2):
+        run = run_suite(frame, suite, asset_name="a.csv")
+        found = [(item.expectation_config.type, item.success, (item.result or {}).get("unexpected_count"))
+                 for item in run.gx_result.results]
+        assert sorted(found, key=repr) == sorted(expected, key=repr)
+        assert sum(len(item["rows"]) for item in run.expectations) == sum(count or 0 for *_, count in expected)
