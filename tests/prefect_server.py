@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PREFECT_BIN = Path(sys.executable).with_name("prefect")
 # Background services of a Prefect server whose work no test of the session's server reads (see `lean`).
 UNREAD_SERVICES = ("EVENT_PERSISTER", "TRIGGERS", "LATE_RUNS", "FOREMAN", "CANCELLATION_CLEANUP",
-                   "PAUSE_EXPIRATIONS")
+                   "PAUSE_EXPIRATIONS", "CLEANUP_RECONCILER", "DB_VACUUM")
 
 
 def free_port() -> int:
@@ -55,7 +55,7 @@ class PrefectServer:
     scheduler: bool = False
     # The session's server (tests/conftest.py) serves hundreds of flow runs and no worker, deployment or
     # automation: the background services nothing there reads (the event feed's store, automations, late-run
-    # marking, worker health, cancellation and pause clean-up) are off, sparing it their CPU on a 2-core
+    # marking, worker health, cancellation and pause clean-up, expired-lease clean-up, event vacuuming) are off, sparing it their CPU on a 2-core
     # machine. Task runs (built from events by the task run recorder) and concurrency leases (the repossessor)
     # stay as in production.
     lean: bool = False
