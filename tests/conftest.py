@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import gc
 import os
 import queue
 import threading
@@ -146,10 +145,6 @@ def prefect_server_url() -> Iterator[str]:
 
     warm_consult.prestart()  # imports in the background while the server finishes starting
     wait_until_healthy(os.environ["PREFECT_API_URL"], log=os.environ.get("CONSULT_TEST_PREFECT_LOG"))
-    # Everything collection imported (Prefect, Great Expectations, pandas: most of the heap) is left out of the
-    # collector's full passes, which otherwise walk it again and again for the rest of the session.
-    gc.collect()
-    gc.freeze()
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield os.environ["PREFECT_API_URL"]
 
