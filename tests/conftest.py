@@ -100,9 +100,11 @@ def pytest_configure(config: pytest.Config) -> None:
     server = PrefectServer(home=home, lean=True, database_url=database_url).start(wait=False)
     config.add_cleanup(server.stop)
     os.environ["PREFECT_API_URL"] = server.api_url
-    # The server does not check CSRF tokens (Prefect's default), yet each client asks it for one: four requests
-    # of every flow run, some 1,200 in a session, spared.
+    # The server does not check CSRF tokens (Prefect's default), yet each client asks it for one; and it is the
+    # very Prefect the tests run (this environment's), yet each client asks for its version: six requests of every
+    # flow run, some 1,800 in a session, spared.
     os.environ["PREFECT_CLIENT_CSRF_SUPPORT_ENABLED"] = "false"
+    os.environ["PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED"] = "false"
     os.environ["CONSULT_TEST_PREFECT_SERVER"] = server.api_url
     os.environ["CONSULT_TEST_PREFECT_LOG"] = str(server.log_path)
 
