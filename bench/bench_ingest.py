@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -377,9 +378,16 @@ PRELOADED = ["pandas", "numpy", "sqlalchemy", "great_expectations", "prefect", "
              "consult.ingest.validation", "flows.ingest"]
 
 
-def in_process(target: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+@functools.cache
+def _measurement_context() -> Any:
+    """The fork server's context, its preload set once (it is read when the server starts, on first use)."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOADED)
+    return context
+
+
+def in_process(target: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    context = _measurement_context()
     queue = context.Queue()
     process = context.Process(target=_child, args=(target, args, queue))
     process.start()

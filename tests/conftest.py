@@ -274,7 +274,11 @@ class PostgresDatabases:
 
     def _fingerprint(self, name: str) -> str:
         with self._connect(name) as connection:
-            return str(connection.execute(_SCHEMA_FINGERPRINT).fetchone()[0])  # type: ignore[index]
+            return self._fingerprint_of(connection)
+
+    @staticmethod
+    def _fingerprint_of(connection: psycopg.Connection) -> str:
+        return str(connection.execute(_SCHEMA_FINGERPRINT).fetchone()[0])  # type: ignore[index]
 
     def _emptied(self, name: str, fingerprint: str) -> bool:
         """Empty ``name`` if its schema is the template's and it is small; False: drop it instead."""
@@ -287,7 +291,7 @@ class PostgresDatabases:
                 template_size = connection.execute("SELECT pg_database_size(%s)", (self.template,)).fetchone()[0]  # type: ignore[index]
                 if size - template_size > _RECYCLE_MAX_BYTES:
                     return False
-                if connection.execute(_SCHEMA_FINGERPRINT).fetchone()[0] != fingerprint:  # type: ignore[index]
+                if self._fingerprint_of(connection) != fingerprint:
                     return False
                 tables = [row[0] for row in connection.execute(
                     "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")]

@@ -55,8 +55,8 @@ class PrefectServer:
     scheduler: bool = False
     # The session's server (tests/conftest.py) serves hundreds of flow runs and no worker, deployment or
     # automation: the background services nothing there reads (the event feed's store, automations, late-run
-    # marking, worker health, cancellation and pause clean-up, expired-lease clean-up, event vacuuming) are off, sparing it their CPU on a 2-core
-    # machine. Task runs (built from events by the task run recorder) and concurrency leases (the repossessor)
+    # marking, worker health, cancellation and pause clean-up, expired-lease clean-up, event vacuuming) are
+    # off, sparing it their CPU on a 2-core machine. Task runs (built from events by the task run recorder) and concurrency leases (the repossessor)
     # stay as in production.
     lean: bool = False
     # The server's own database: a SQLite file in ``home`` unless a URL is given (the session's server keeps
