@@ -136,7 +136,6 @@ def import_panel(session: Session, path: Path) -> PanelImportReport:
             partnership = Partnership(code=row.code, name=row.name, attributes=row.attributes,
                                       language=row.language, active=True)
             session.add(partnership)
-            session.flush()
             existing[row.code] = partnership
             added += 1
         elif row.code not in touched:
@@ -147,6 +146,10 @@ def import_panel(session: Session, path: Path) -> PanelImportReport:
                     setattr(partnership, field, value)
                 updated += 1
         touched.add(row.code)
+    # One flush gives every new partnership its id (one multi-row INSERT, not one round trip per partnership).
+    session.flush()
+    for row in rows:
+        partnership = existing[row.code]
         contact = contacts.get((partnership.id, row.email.lower()))
         if contact is None:
             contact = Contact(partnership_id=partnership.id, first_name=row.first_name,

@@ -44,6 +44,8 @@ def consult(*args: str, cwd: Path, env: dict[str, str] | None = None,
 
 
 PORTS: dict[Path, int] = {}
+# For tests about the server alone: no warm command process (consult/warm.py), whose imports cost 4 CPU-s.
+NO_WARM = {"CONSULT_WARM": "0"}
 # Folders whose commands use a cache of their own instead of the session's (where the migrated template is).
 _own_cache: dict[Path, Path] = {}
 
@@ -133,17 +135,21 @@ def test_a_flow_command_starts_the_local_server_once_and_leaves_it_running_with_
     second = workdir.parent / "second"
     second.mkdir()
     _own_cache[second] = cache
-    assert consult("server", "start", cwd=second).returncode == 0
+    # (no warm command process: this start is about the server's database only; CONSULT_WARM=0 saves its imports)
+    assert consult("server", "start", cwd=second, env=NO_WARM).returncode == 0
     try:
         assert prefect_rows(second / "data/prefect/prefect.db", "configuration", "key = 'test-marker'") == 1
+        # Started without registering Prefect's block types (a quarter of its start), it lists every one the template has.
+        listed = httpx.post(f"{recorded(second)['url']}/api/block_types/filter", json={}, timeout=10).json()
+        assert len(listed) == prefect_rows(template, "block_type") > 0
     finally:
         consult("server", "stop", cwd=second)
 
 
 def test_a_server_that_died_is_reported_and_replaced_and_a_taken_port_is_avoided(workdir):
     """kill -9 leaves a stale pid file: status says so, start replaces the server, on a free port when the
-    recorded one has been taken meanwhile by another program."""
-    first = consult("server", "start", cwd=workdir)
+    recorded one has been taken meanwhile by another program. (The server alone: CONSULT_WARM=0.)"""
+    first = consult("server", "start", cwd=workdir, env=NO_WARM)
     assert first.returncode == 0, first.stderr
     state = recorded(workdir)
     os.killpg(state["pid"], signal.SIGKILL)
@@ -156,7 +162,7 @@ def test_a_server_that_died_is_reported_and_replaced_and_a_taken_port_is_avoided
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", state["port"]))
         squatter.listen()
-        replaced = consult("server", "start", cwd=workdir)
+        replaced = consult("server", "start", cwd=workdir, env=NO_WARM)
         assert replaced.returncode == 0, replaced.stderr
         new = recorded(workdir)
         assert replaced.stdout.splitlines()[:2] == [
@@ -166,7 +172,7 @@ def test_a_server_that_died_is_reported_and_replaced_and_a_taken_port_is_avoided
         assert new["port"] != state["port"] and new["pid"] != state["pid"]
         assert httpx.get(f"{new['url']}/api/health", timeout=5).status_code == 200
 
-        refused = consult("server", "start", "--port", str(state["port"]), cwd=workdir)
+        refused = consult("server", "start", "--port", str(state["port"]), cwd=workdir, env=NO_WARM)
         assert refused.returncode == 1
         assert refused.stderr.strip() == (
             f"error: the local Prefect server already runs at {new['url']} (pid {new['pid']}): "

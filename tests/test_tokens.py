@@ -51,25 +51,48 @@ def test_the_secret_file_is_created_private_with_32_random_bytes(tmp_path):
 
 @pytest.mark.slow
 def test_concurrent_first_runs_agree_on_one_secret(tmp_path):
-    """Six processes creating the secret at the same moment all end up with the same one, 8 times over."""
+    """Six processes creating the secret at the same moment all end up with the same one, 8 times over.
+
+    One interpreter imports consult.settings once and forks the six processes of each trial (48 separate
+    processes in all, without 48 imports): each waits for the go file, then creates or reads the secret."""
     script = textwrap.dedent("""
         import os, sys, time
         from pathlib import Path
         from consult.settings import load_or_create_secret
+        path, go = Path(sys.argv[1]), sys.argv[2]
+        ready_read, ready_write = os.pipe()
+        secrets_read, secrets_write = os.pipe()
+        for _ in range(6):
+            if os.fork() == 0:
+                os.close(ready_read)
+                os.close(secrets_read)
+                os.write(ready_write, b"r")
+                while not os.path.exists(go):  # all six go at once, once all six are ready
+                    time.sleep(0.0005)
+                os.write(secrets_write, load_or_create_secret(path) + b"\\n")
+                os._exit(0)
+        os.close(ready_write)
+        os.close(secrets_write)
+        ready = b""
+        while len(ready) < 6:
+            ready += os.read(ready_read, 6 - len(ready))
         print("ready", flush=True)
-        while not os.path.exists(sys.argv[2]):  # all six go at once, once all six have imported
-            time.sleep(0.0005)
-        print(load_or_create_secret(Path(sys.argv[1])).decode())
+        statuses = [os.wait()[1] for _ in range(6)]
+        with os.fdopen(secrets_read, "rb") as answers:
+            print(answers.read().decode(), end="")
+        print("exit statuses", statuses)
     """)
     for trial in range(8):
         path = tmp_path / f"trial-{trial}" / "token-secret"
         go = tmp_path / f"go-{trial}"
-        runs = [subprocess.Popen([sys.executable, "-c", script, str(path), str(go)], cwd=REPO_ROOT,
-                                 stdout=subprocess.PIPE, text=True) for _ in range(6)]
-        assert [run.stdout.readline().strip() for run in runs] == ["ready"] * 6  # type: ignore[union-attr]
+        run = subprocess.Popen([sys.executable, "-c", script, str(path), str(go)], cwd=REPO_ROOT,
+                               stdout=subprocess.PIPE, text=True)
+        assert run.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
         go.touch()
-        secrets_seen = {run.communicate(timeout=60)[0].strip() for run in runs}
-        assert len(secrets_seen) == 1 and len(next(iter(secrets_seen))) == 64
+        lines = run.communicate(timeout=60)[0].splitlines()
+        assert run.returncode == 0 and lines[-1] == "exit statuses [0, 0, 0, 0, 0, 0]", lines
+        secrets_seen = lines[:-1]
+        assert len(secrets_seen) == 6 and len(set(secrets_seen)) == 1 and len(secrets_seen[0]) == 64
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
