@@ -6,10 +6,13 @@ before it does anything; a fork of a warm process starts in milliseconds. The ch
 with its own working folder, environment, stdout, stderr and exit status (SIGKILL included), running the same
 ``consult.cli.main`` that the console script runs, so what a test asserts about a command is unchanged.
 
-One warm process (the "zygote") per test process, started on first use with the test process's environment
-minus CONSULT_* (so that nothing of one test's settings is imported into it). Prefect reads its settings at
-import, so a command whose PREFECT_* environment differs from the zygote's, or a second command while one is
-running, is started the usual way (``subprocess.Popen`` of the console script) instead.
+One warm process (the "zygote") per test session, started by the controlling pytest process
+(``start_shared``, from pytest_configure) with its environment minus CONSULT_* (so that nothing of one test's
+settings is imported into it); it listens on a Unix socket and, for each test process that connects, forks a
+warm process of its own that serves that test process. (Imported once instead of once per xdist worker: ~5 s of
+CPU each.) A test process without a shared zygote (one not started by this conftest) starts its own. Prefect
+reads its settings at import, so a command whose PREFECT_* environment differs from the zygote's, or a second
+command while one is running, is started the usual way (``subprocess.Popen`` of the console script) instead.
 
 Protocol (one JSON object per line): the test writes ``{"argv", "cwd", "env", "stdout", "stderr"}``; the zygote
 forks, answers ``{"pid"}``, waits for the child and answers ``{"status"}`` (a negative number: killed by that
@@ -19,13 +22,16 @@ signal, as ``subprocess`` reports it).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import select
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,8 @@ CONSULT = str(Path(sys.executable).with_name("consult"))
 # What a flow command imports; importing them here is what the children are spared (with what `consult`'s own
 # warm process imports, consult.warm.PRELOAD).
 PRELOAD = ("consult.cli", "great_expectations")
+# Where the session's zygote listens (set by start_shared for the test processes started after it).
+SHARED_SOCKET_VARIABLE = "CONSULT_TEST_ZYGOTE_SOCKET"
 
 
 def _prefect_environment(env: dict[str, str]) -> dict[str, str]:
@@ -81,15 +89,28 @@ class _Zygote:
     def __init__(self) -> None:
         env = _zygote_environment()
         self.prefect_env = _prefect_environment(env)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.warm_consult"], cwd=REPO_ROOT, env=env, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, bufsize=0,
-        )
+        shared = os.environ.get(SHARED_SOCKET_VARIABLE)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.connection: socket.socket | None = None
+        if shared:  # the session's zygote forks one for this process
+            self.connection = _connect(shared)
+            self._read_fd = self._write_fd = self.connection.fileno()
+        else:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tests.warm_consult"], cwd=REPO_ROOT, env=env, stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, bufsize=0,
+            )
+            self._read_fd = self.process.stdout.fileno()  # type: ignore[union-attr]
+            self._write_fd = self.process.stdin.fileno()  # type: ignore[union-attr]
         self._buffer = b""
         self.busy = threading.Lock()
         self.folder = Path(tempfile.mkdtemp(prefix="consult-warm-"))
         self.count = 0
         self.ready = False
+        self.closed = False
+
+    def alive(self) -> bool:
+        return not self.closed and (self.process is None or self.process.poll() is None)
 
     def wait_until_ready(self) -> None:
         if not self.ready:
@@ -101,14 +122,16 @@ class _Zygote:
     def _read_line(self, timeout: float | None) -> dict[str, Any] | None:
         """The zygote's next answer, or None when none came within ``timeout`` seconds (read from the pipe's
         descriptor, not through a buffered file, so that select() sees every answer not yet read)."""
-        fd = self.process.stdout.fileno()  # type: ignore[union-attr]
+        fd = self._read_fd
         while b"\n" not in self._buffer:
             readable, _, _ = select.select([fd], [], [], timeout)
             if not readable:
                 return None
             chunk = os.read(fd, 65536)
             if not chunk:
-                raise RuntimeError(f"the warm consult process exited ({self.process.poll()})")
+                self.closed = True
+                raise RuntimeError("the warm consult process exited"
+                                   + (f" ({self.process.poll()})" if self.process else ""))
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
         return json.loads(line)
@@ -117,7 +140,7 @@ class _Zygote:
         self.count += 1
         out, err = self.folder / f"{self.count}.out", self.folder / f"{self.count}.err"
         request = {"argv": argv, "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}
-        self.process.stdin.write(json.dumps(request).encode() + b"\n")  # type: ignore[union-attr]
+        _write_all(self._write_fd, json.dumps(request).encode() + b"\n")
         answer = self._read_line(timeout=60)
         if not answer or "pid" not in answer:
             raise RuntimeError(f"the warm consult process did not fork: {answer}")
@@ -131,12 +154,35 @@ class _Zygote:
         return int(answer["status"])
 
     def stop(self) -> None:
-        if self.process.poll() is None:
+        self.closed = True
+        if self.connection is not None:  # its warm process reads the end of the stream and exits
+            self.connection.close()
+        elif self.process is not None and self.process.poll() is None:
             self.process.stdin.close()  # type: ignore[union-attr]
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _connect(path: str) -> socket.socket:
+    """A connection to the session's zygote, which listens from its first moment (it may still be importing)."""
+    deadline = time.monotonic() + 60
+    while True:
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            connection.connect(path)
+            return connection
+        except OSError:
+            connection.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 _zygote: _Zygote | None = None
@@ -146,7 +192,7 @@ def prestart() -> None:
     """Start importing in the zygote now, in the background (the test process's first command then finds it
     ready rather than waiting ~5 s for its imports)."""
     global _zygote
-    if _zygote is None or _zygote.process.poll() is not None:
+    if _zygote is None or not _zygote.alive():
         _zygote = _Zygote()
         atexit.register(_zygote.stop)
 
@@ -225,29 +271,81 @@ def _child(request: dict[str, Any]) -> None:
     os._exit(code)
 
 
-def _serve() -> None:
+def _import_everything() -> None:
+    import gc
     import importlib
 
     from consult.warm import PRELOAD as COMMAND_PRELOAD
 
     for module in (*PRELOAD, *COMMAND_PRELOAD):
         importlib.import_module(module)
-    import gc
-
     gc.collect()
     gc.freeze()  # what the zygote imported is never collected in a child: its pages stay shared, not copied
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
+
+
+def _serve(requests: Any, answer: Any) -> None:
+    """Fork a child per request line; answer its pid, then its exit status (``answer``: writes one line)."""
+    answer({"ready": True})
+    for line in requests:
         request = json.loads(line)
-        sys.stdout.flush()
         pid = os.fork()
         if pid == 0:
             _child(request)
-        print(json.dumps({"pid": pid}), flush=True)
+        answer({"pid": pid})
         _, status = os.waitpid(pid, 0)
         code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-        print(json.dumps({"status": code}), flush=True)
+        answer({"status": code})
+
+
+def _serve_pipes() -> None:
+    """A zygote of one test process: requests on stdin, answers on stdout."""
+    _import_everything()
+
+    def answer(message: dict[str, Any]) -> None:
+        print(json.dumps(message), flush=True)
+
+    _serve(sys.stdin, answer)
+
+
+def _serve_socket(path: str) -> None:
+    """The session's zygote: listen at once, import, then fork a zygote for each test process that connects."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+    _import_everything()
+    while True:
+        connection, _ = listener.accept()
+        if os.fork() == 0:
+            listener.close()
+            _serve_connection(connection)
+            os._exit(0)
+        connection.close()
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:  # the zygotes of test processes that have finished
+                pass
+
+
+def _serve_connection(connection: socket.socket) -> None:
+    def answer(message: dict[str, Any]) -> None:
+        connection.sendall(json.dumps(message).encode() + b"\n")
+
+    with connection, connection.makefile("rb") as requests:
+        _serve(requests, answer)
+
+
+def start_shared() -> tuple[subprocess.Popen[bytes], Path]:
+    """Start the session's zygote (in the controlling pytest process); its socket's path is exported to the
+    test processes started after it. Returns the process and its folder, for the caller to stop and remove."""
+    folder = Path(tempfile.mkdtemp(prefix="consult-zygote-"))
+    path = folder / "zygote.sock"
+    process = subprocess.Popen([sys.executable, "-m", "tests.warm_consult", "--socket", str(path)], cwd=REPO_ROOT,
+                               env=_zygote_environment(), stdin=subprocess.DEVNULL, start_new_session=True)
+    os.environ[SHARED_SOCKET_VARIABLE] = str(path)
+    return process, folder
 
 
 if __name__ == "__main__":
-    _serve()
+    if sys.argv[1:2] == ["--socket"]:
+        _serve_socket(sys.argv[2])
+    else:
+        _serve_pipes()
