@@ -83,7 +83,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
         config.stash[gc_collect_iterations_key] = 1
     if hasattr(config, "workerinput") or os.environ.get("CONSULT_TEST_PREFECT_SERVER"):
-        return  # a worker: the controller's server is in PREFECT_API_URL already
+        return  # a worker: the controller's server is in PREFECT_API_URL already (or .ci/setup's collection)
     # The machine-wide cache of `consult` (the migrated Prefect database a new data folder's server starts from,
     # consult/local_prefect.py) is the tests' own: the same file as tests/prefect_server.py's template, so that
     # the servers `consult` starts in tests' data folders skip Prefect's migrations too, and the user's cache
