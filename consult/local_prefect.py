@@ -399,8 +399,7 @@ def _spawn(files: ServerFiles, port: int, timeout: float, notes: list[str]) -> S
         # Its own session: the server outlives this command and a Ctrl-C in this terminal.
         process = subprocess.Popen(
             command, env=_server_environment(files, port, blocks_registered=seeded), stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT, cwd=files.folder, start_new_session=True, close_fds=True,
+            stdout=log, stderr=subprocess.STDOUT, cwd=files.folder, start_new_session=True, close_fds=True,
         )
     files.pid.write_text(f"{process.pid}\n")
     files.state.write_text(json.dumps({"url": url, "port": port, "pid": process.pid, "log": str(files.log),

@@ -13,8 +13,6 @@ import contextlib
 import datetime as dt
 import os
 import queue
-import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -121,23 +119,13 @@ def pytest_configure(config: pytest.Config) -> None:
     # The warm process that `consult` commands of tests fork from (tests/warm_consult.py): one for the session,
     # importing while the workers start, not one per worker.
     from tests import warm_consult
+    from tests.processes import stop_process_group
 
     zygote, zygote_folder = warm_consult.start_shared()
     config.add_cleanup(lambda: shutil.rmtree(zygote_folder, ignore_errors=True))
-    config.add_cleanup(lambda: _stop_process_group(zygote))
+    config.add_cleanup(lambda: stop_process_group(zygote))
     os.environ["CONSULT_TEST_PREFECT_SERVER"] = server.api_url
     os.environ["CONSULT_TEST_PREFECT_LOG"] = str(server.log_path)
-
-
-def _stop_process_group(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
 
 
 def _one_ca_certificate(folder: Path) -> Path:

@@ -25,6 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
 
+from tests.processes import stop_process_group
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONTRACT_DIR = REPO_ROOT / "tests" / "contract"
 SENDGRID_SPEC = REPO_ROOT.parent / "shared" / "contracts" / "sendgrid" / "tsg_mail_v3.json"
@@ -234,12 +236,7 @@ def prism_server(log_dir: Path) -> Iterator[str]:
             raise RuntimeError(f"prism did not listen on {url} within 60 s")
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        stop_process_group(process)
         log.close()
 
 

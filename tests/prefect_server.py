@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from consult.local_prefect import database_template, is_healthy
+from tests.processes import stop_process_group
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PREFECT_BIN = Path(sys.executable).with_name("prefect")
@@ -195,12 +195,7 @@ class PrefectServer:
             if child is None or child.poll() is not None:
                 continue
             # Each child leads its own process group: stop it with the flow-run processes it started.
-            os.killpg(child.pid, signal.SIGTERM)
-            try:
-                child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait(timeout=10)
+            stop_process_group(child, grace=20)
         self.children.clear()
 
 

@@ -10,7 +10,7 @@ One warm process (the "zygote") per test session, started by the controlling pyt
 (``start_shared``, from pytest_configure) with its environment minus CONSULT_* (so that nothing of one test's
 settings is imported into it); it listens on a Unix socket and, for each test process that connects, forks a
 warm process of its own that serves that test process. (Imported once instead of once per xdist worker: ~5 s of
-CPU each.) A test process without a shared zygote (one not started by this conftest) starts its own. Prefect
+CPU each.) A test process without it (one not started under this conftest) runs commands cold. Prefect
 reads its settings at import, so a command whose PREFECT_* environment differs from the zygote's, or a second
 command while one is running, is started the usual way (``subprocess.Popen`` of the console script) instead.
 
@@ -86,31 +86,17 @@ class WarmProcess:
 
 
 class _Zygote:
-    def __init__(self) -> None:
-        env = _zygote_environment()
-        self.prefect_env = _prefect_environment(env)
-        shared = os.environ.get(SHARED_SOCKET_VARIABLE)
-        self.process: subprocess.Popen[bytes] | None = None
-        self.connection: socket.socket | None = None
-        if shared:  # the session's zygote forks one for this process
-            self.connection = _connect(shared)
-            self._read_fd = self._write_fd = self.connection.fileno()
-        else:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "tests.warm_consult"], cwd=REPO_ROOT, env=env, stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, bufsize=0,
-            )
-            self._read_fd = self.process.stdout.fileno()  # type: ignore[union-attr]
-            self._write_fd = self.process.stdin.fileno()  # type: ignore[union-attr]
+    """This test process's warm process: forked for it by the session's zygote, on the connection made here."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.prefect_env = _prefect_environment(_zygote_environment())
+        self.connection = _connect(socket_path)
         self._buffer = b""
         self.busy = threading.Lock()
         self.folder = Path(tempfile.mkdtemp(prefix="consult-warm-"))
         self.count = 0
         self.ready = False
         self.closed = False
-
-    def alive(self) -> bool:
-        return not self.closed and (self.process is None or self.process.poll() is None)
 
     def wait_until_ready(self) -> None:
         if not self.ready:
@@ -120,9 +106,9 @@ class _Zygote:
             self.ready = True
 
     def _read_line(self, timeout: float | None) -> dict[str, Any] | None:
-        """The zygote's next answer, or None when none came within ``timeout`` seconds (read from the pipe's
-        descriptor, not through a buffered file, so that select() sees every answer not yet read)."""
-        fd = self._read_fd
+        """The zygote's next answer, or None when none came within ``timeout`` seconds (read from the socket,
+        not through a buffered file, so that select() sees every answer not yet read)."""
+        fd = self.connection.fileno()
         while b"\n" not in self._buffer:
             readable, _, _ = select.select([fd], [], [], timeout)
             if not readable:
@@ -130,8 +116,7 @@ class _Zygote:
             chunk = os.read(fd, 65536)
             if not chunk:
                 self.closed = True
-                raise RuntimeError("the warm consult process exited"
-                                   + (f" ({self.process.poll()})" if self.process else ""))
+                raise RuntimeError("the warm consult process exited")
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
         return json.loads(line)
@@ -140,7 +125,7 @@ class _Zygote:
         self.count += 1
         out, err = self.folder / f"{self.count}.out", self.folder / f"{self.count}.err"
         request = {"argv": argv, "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}
-        _write_all(self._write_fd, json.dumps(request).encode() + b"\n")
+        self.connection.sendall(json.dumps(request).encode() + b"\n")
         answer = self._read_line(timeout=60)
         if not answer or "pid" not in answer:
             raise RuntimeError(f"the warm consult process did not fork: {answer}")
@@ -154,20 +139,9 @@ class _Zygote:
         return int(answer["status"])
 
     def stop(self) -> None:
+        """Close the connection: its warm process reads the end of the stream and exits."""
         self.closed = True
-        if self.connection is not None:  # its warm process reads the end of the stream and exits
-            self.connection.close()
-        elif self.process is not None and self.process.poll() is None:
-            self.process.stdin.close()  # type: ignore[union-attr]
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    while data:
-        data = data[os.write(fd, data):]
+        self.connection.close()
 
 
 def _connect(path: str) -> socket.socket:
@@ -189,11 +163,13 @@ _zygote: _Zygote | None = None
 
 
 def prestart() -> None:
-    """Start importing in the zygote now, in the background (the test process's first command then finds it
-    ready rather than waiting ~5 s for its imports)."""
+    """Connect to the session's zygote now (its imports overlap the test process's start; the first command
+    then finds its warm process ready). Without one (a test process not started under tests/conftest.py),
+    commands run cold."""
     global _zygote
-    if _zygote is None or not _zygote.alive():
-        _zygote = _Zygote()
+    socket_path = os.environ.get(SHARED_SOCKET_VARIABLE)
+    if socket_path and (_zygote is None or _zygote.closed):
+        _zygote = _Zygote(socket_path)
         atexit.register(_zygote.stop)
 
 
@@ -214,8 +190,7 @@ def start_consult(argv: list[str], *, cwd: Path, env: dict[str, str]) -> WarmPro
     """``consult ARGV`` in a child process with exactly ``env`` as its environment, started warm when it can."""
     prestart()
     zygote = _zygote
-    assert zygote is not None
-    if _prefect_environment(env) != zygote.prefect_env or not zygote.busy.acquire(blocking=False):
+    if zygote is None or _prefect_environment(env) != zygote.prefect_env or not zygote.busy.acquire(blocking=False):
         return _ColdProcess(argv, cwd, env)
     try:
         zygote.wait_until_ready()
@@ -244,7 +219,7 @@ def run_consult(argv: list[str], *, cwd: Path, env: dict[str, str],
 
 def _child(request: dict[str, Any]) -> None:
     """In the forked child: become `consult ARGV` in CWD with ENV, output to the given files, and exit with
-    the command's status. An exception outside the command reaches _serve's caller: traceback, status 1."""
+    the command's status. An exception outside the command reaches _serve_connection: traceback, status 1."""
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
@@ -283,30 +258,6 @@ def _import_everything() -> None:
     gc.freeze()  # what the zygote imported is never collected in a child: its pages stay shared, not copied
 
 
-def _serve(requests: Any, answer: Any) -> None:
-    """Fork a child per request line; answer its pid, then its exit status (``answer``: writes one line)."""
-    answer({"ready": True})
-    for line in requests:
-        request = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            _child(request)
-        answer({"pid": pid})
-        _, status = os.waitpid(pid, 0)
-        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-        answer({"status": code})
-
-
-def _serve_pipes() -> None:
-    """A zygote of one test process: requests on stdin, answers on stdout."""
-    _import_everything()
-
-    def answer(message: dict[str, Any]) -> None:
-        print(json.dumps(message), flush=True)
-
-    _serve(sys.stdin, answer)
-
-
 def _serve_socket(path: str) -> None:
     """The session's zygote: listen at once, import, then fork a zygote for each test process that connects."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -326,11 +277,22 @@ def _serve_socket(path: str) -> None:
 
 
 def _serve_connection(connection: socket.socket) -> None:
+    """A test process's warm process: fork a child per request line; answer its pid, then its exit status."""
+
     def answer(message: dict[str, Any]) -> None:
         connection.sendall(json.dumps(message).encode() + b"\n")
 
+    answer({"ready": True})
     with connection, connection.makefile("rb") as requests:
-        _serve(requests, answer)
+        for line in requests:
+            request = json.loads(line)
+            pid = os.fork()
+            if pid == 0:
+                _child(request)
+            answer({"pid": pid})
+            _, status = os.waitpid(pid, 0)
+            code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            answer({"status": code})
 
 
 def start_shared() -> tuple[subprocess.Popen[bytes], Path]:
@@ -338,14 +300,11 @@ def start_shared() -> tuple[subprocess.Popen[bytes], Path]:
     test processes started after it. Returns the process and its folder, for the caller to stop and remove."""
     folder = Path(tempfile.mkdtemp(prefix="consult-zygote-"))
     path = folder / "zygote.sock"
-    process = subprocess.Popen([sys.executable, "-m", "tests.warm_consult", "--socket", str(path)], cwd=REPO_ROOT,
+    process = subprocess.Popen([sys.executable, "-m", "tests.warm_consult", str(path)], cwd=REPO_ROOT,
                                env=_zygote_environment(), stdin=subprocess.DEVNULL, start_new_session=True)
     os.environ[SHARED_SOCKET_VARIABLE] = str(path)
     return process, folder
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--socket"]:
-        _serve_socket(sys.argv[2])
-    else:
-        _serve_pipes()
+    _serve_socket(sys.argv[1])
