@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import datetime as dt
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -119,6 +121,7 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-send-"))
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)  # its database too: ~100 MB at full size
     url = args.database_url or f"sqlite:///{workdir / 'consult.db'}"
     stub = SendGridStub().start()
     os.environ.update({

@@ -35,6 +35,7 @@ from pathlib import Path
 import httpx
 
 from consult.errors import ConsultError
+from consult.processes import command_line
 from consult.settings import Settings
 
 DEFAULT_PORT = 4200
@@ -203,20 +204,12 @@ def _process_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True  # someone else's process: alive, but not one we started (checked below)
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.exists():
-        # A recycled pid belongs to another program: only a `prefect server start` counts.
-        try:
-            words = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            return False
-        if words and not (b"prefect" in b" ".join(words) and b"server" in words):
-            return False
-        # A zombie (exited, not yet reaped by its parent) is not a server.
-        with contextlib.suppress(OSError):
-            if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
-                return False
-    return True
+    if not Path("/proc/self").is_dir():
+        return True  # no /proc to tell by
+    # A recycled pid belongs to another program: only a `prefect server start` counts; a zombie (exited, not
+    # yet reaped by its parent) is not a server.
+    words = command_line(pid)
+    return words is not None and b"prefect" in b" ".join(words) and b"server" in words
 
 
 def _read_state(files: ServerFiles) -> tuple[int | None, str | None]:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from consult import launcher
+from consult.processes import command_line
 
 # Read by libraries when they are imported (or by the interpreter when it starts), never again: a command whose
 # values differ from the warm process's runs cold.
@@ -92,12 +93,8 @@ def _recorded(files: WarmFiles) -> tuple[int | None, str | None]:
 
 
 def _is_warm_process(pid: int) -> bool:
-    try:
-        words = Path(f"/proc/{pid}/cmdline").read_bytes()
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return b"consult.warm" in words and state != "Z"
+    words = command_line(pid)
+    return words is not None and any(b"consult.warm" in word for word in words)
 
 
 def status(folder: Path) -> WarmStatus:

@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -139,9 +140,11 @@ class _Zygote:
         return int(answer["status"])
 
     def stop(self) -> None:
-        """Close the connection: its warm process reads the end of the stream and exits."""
+        """Close the connection: its warm process reads the end of the stream and exits. The commands'
+        captured output goes with it."""
         self.closed = True
         self.connection.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _connect(path: str) -> socket.socket:
@@ -178,6 +181,7 @@ class _ColdProcess(subprocess.Popen):  # type: ignore[type-arg]
 
     def __init__(self, argv: list[str], cwd: Path, env: dict[str, str]) -> None:
         folder = Path(tempfile.mkdtemp(prefix="consult-cold-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         self._out, self._err = folder / "out", folder / "err"
         with self._out.open("wb") as out, self._err.open("wb") as err:
             super().__init__([CONSULT, *argv], cwd=cwd, env=env, stdout=out, stderr=err)
@@ -283,7 +287,9 @@ def _serve_connection(connection: socket.socket) -> None:
         connection.sendall(json.dumps(message).encode() + b"\n")
 
     answer({"ready": True})
-    with connection, connection.makefile("rb") as requests:
+    # A test process that exits without reading an answer (one that never ran a command leaves "ready" unread)
+    # resets the connection: the end of its requests, as a close is.
+    with connection, connection.makefile("rb") as requests, contextlib.suppress(ConnectionResetError):
         for line in requests:
             request = json.loads(line)
             pid = os.fork()
