@@ -275,8 +275,8 @@ class PostgresDatabases:
     def _work(self) -> None:
         admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
         try:
-            fingerprint = self._fingerprint(self.template)
-            with self._connect(self.template) as template:
+            with self._connect(self.template) as template:  # what each recycled database must show again
+                fingerprint = self._fingerprint_of(template)
                 self.template_estimates = self._planner_estimates(template)
             with admin.connect() as connection:
                 while True:
@@ -307,10 +307,6 @@ class PostgresDatabases:
     def _connect(name: str) -> psycopg.Connection:
         dsn = POSTGRES_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://", 1).rsplit("/", 1)[0]
         return psycopg.connect(f"{dsn}/{name}", autocommit=True)
-
-    def _fingerprint(self, name: str) -> str:
-        with self._connect(name) as connection:
-            return self._fingerprint_of(connection)
 
     @staticmethod
     def _fingerprint_of(connection: psycopg.Connection) -> str:
